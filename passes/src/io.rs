@@ -13,13 +13,18 @@ use std::path::{Component, Path, PathBuf};
 use bytes::{buf::UninitSlice, Buf, BufMut, Bytes};
 use prost::Message;
 
-use crate::onnx::{tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+use crate::onnx::{
+    tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
+};
 use crate::tensor::{dtype_name, element_size};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is empty: expected an ONNX model (a serialized ModelProto)")]
     Empty { path: PathBuf },
     #[error("{path} is not a valid ONNX model ({reason}); the file may be truncated or of another format")]
@@ -27,25 +32,54 @@ pub enum IoError {
     #[error("{path} has no graph: it decodes as protobuf but is not an ONNX model")]
     NoGraph { path: PathBuf },
     #[error("{path}: tensor '{tensor}' has unknown data type {data_type}")]
-    UnknownDataType { path: PathBuf, tensor: String, data_type: i32 },
+    UnknownDataType {
+        path: PathBuf,
+        tensor: String,
+        data_type: i32,
+    },
     #[error(
         "{path}: tensor '{tensor}' has external location '{location}', which {why}; external data must be a \
          relative path inside the model's folder"
     )]
-    UnsafeLocation { path: PathBuf, tensor: String, location: String, why: &'static str },
+    UnsafeLocation {
+        path: PathBuf,
+        tensor: String,
+        location: String,
+        why: &'static str,
+    },
     #[error("{path}: tensor '{tensor}' is stored externally but names no 'location'")]
     MissingLocation { path: PathBuf, tensor: String },
     #[error("{path}: external data file '{file}' for tensor '{tensor}' cannot be read: {source}")]
-    ExternalFile { path: PathBuf, tensor: String, file: PathBuf, source: std::io::Error },
+    ExternalFile {
+        path: PathBuf,
+        tensor: String,
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{path}: tensor '{tensor}' reads bytes {offset}..{end} of '{file}', which has only {len} bytes; the \
          external data file is truncated or belongs to another model"
     )]
-    ExternalRange { path: PathBuf, tensor: String, file: PathBuf, offset: u64, end: u64, len: u64 },
+    ExternalRange {
+        path: PathBuf,
+        tensor: String,
+        file: PathBuf,
+        offset: u64,
+        end: u64,
+        len: u64,
+    },
     #[error("{path}: tensor '{tensor}': bad external_data entry '{key}' = '{value}'")]
-    ExternalEntry { path: PathBuf, tensor: String, key: String, value: String },
+    ExternalEntry {
+        path: PathBuf,
+        tensor: String,
+        key: String,
+        value: String,
+    },
     #[error("cannot write {path}: {source}; check that the folder exists and is writable")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Where a tensor's payload lived in the file it was read from.
@@ -79,24 +113,35 @@ fn map_file(path: &Path) -> std::io::Result<Bytes> {
 /// Decodes a model from bytes (no external data resolution). `origin` names the source in errors.
 pub fn decode_model(bytes: Bytes, origin: &Path) -> Result<ModelProto, IoError> {
     if bytes.is_empty() {
-        return Err(IoError::Empty { path: origin.to_owned() });
+        return Err(IoError::Empty {
+            path: origin.to_owned(),
+        });
     }
     let model = ModelProto::decode(bytes).map_err(|e| IoError::Decode {
         path: origin.to_owned(),
         reason: e.to_string(),
     })?;
     if model.graph.is_none() {
-        return Err(IoError::NoGraph { path: origin.to_owned() });
+        return Err(IoError::NoGraph {
+            path: origin.to_owned(),
+        });
     }
     Ok(model)
 }
 
 /// Memory-maps and decodes `path`, resolving external data relative to the model's folder.
 pub fn load_model(path: &Path) -> Result<LoadedModel, IoError> {
-    let bytes = map_file(path).map_err(|source| IoError::Read { path: path.to_owned(), source })?;
+    let bytes = map_file(path).map_err(|source| IoError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut model = decode_model(bytes, path)?;
     let base = path.parent().map(Path::to_owned).unwrap_or_default();
-    let mut resolver = ExternalResolver { model_path: path, base: &base, files: HashMap::new() };
+    let mut resolver = ExternalResolver {
+        model_path: path,
+        base: &base,
+        files: HashMap::new(),
+    };
     let mut external = BTreeMap::new();
     let mut result = Ok(());
     for_each_tensor_mut(&mut model, &mut |t| {
@@ -112,7 +157,11 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, IoError> {
 fn check_data_type(t: &TensorProto, path: &Path) -> Result<(), IoError> {
     let dt = t.data_type();
     if element_size(dt).is_none() && dtype_name(dt).is_none() {
-        return Err(IoError::UnknownDataType { path: path.to_owned(), tensor: t.name().to_owned(), data_type: dt });
+        return Err(IoError::UnknownDataType {
+            path: path.to_owned(),
+            tensor: t.name().to_owned(),
+            data_type: dt,
+        });
     }
     Ok(())
 }
@@ -126,10 +175,16 @@ struct ExternalResolver<'a> {
 /// Rejects locations that could read or write outside the model's folder.
 pub fn check_location(location: &str) -> Result<(), &'static str> {
     let p = Path::new(location);
-    if p.is_absolute() || location.starts_with('/') || location.starts_with('\\') || location.contains(':') {
+    if p.is_absolute()
+        || location.starts_with('/')
+        || location.starts_with('\\')
+        || location.contains(':')
+    {
         return Err("is an absolute path");
     }
-    if p.components().any(|c| matches!(c, Component::ParentDir)) || location.split('\\').any(|c| c == "..") {
+    if p.components().any(|c| matches!(c, Component::ParentDir))
+        || location.split('\\').any(|c| c == "..")
+    {
         return Err("escapes the model's folder with '..'");
     }
     if location.is_empty() {
@@ -139,7 +194,11 @@ pub fn check_location(location: &str) -> Result<(), &'static str> {
 }
 
 impl ExternalResolver<'_> {
-    fn resolve(&mut self, t: &mut TensorProto, external: &mut BTreeMap<String, ExternalOrigin>) -> Result<(), IoError> {
+    fn resolve(
+        &mut self,
+        t: &mut TensorProto,
+        external: &mut BTreeMap<String, ExternalOrigin>,
+    ) -> Result<(), IoError> {
         if t.data_location() != DataLocation::External {
             return Ok(());
         }
@@ -159,8 +218,10 @@ impl ExternalResolver<'_> {
                 _ => {}
             }
         }
-        let location = location
-            .ok_or_else(|| IoError::MissingLocation { path: self.model_path.to_owned(), tensor: name.clone() })?;
+        let location = location.ok_or_else(|| IoError::MissingLocation {
+            path: self.model_path.to_owned(),
+            tensor: name.clone(),
+        })?;
         check_location(&location).map_err(|why| IoError::UnsafeLocation {
             path: self.model_path.to_owned(),
             tensor: name.clone(),
@@ -196,7 +257,14 @@ impl ExternalResolver<'_> {
         t.raw_data = Some(data.slice(offset as usize..end as usize));
         t.data_location = None;
         t.external_data.clear();
-        external.insert(name, ExternalOrigin { location, offset, length: end - offset });
+        external.insert(
+            name,
+            ExternalOrigin {
+                location,
+                offset,
+                length: end - offset,
+            },
+        );
         Ok(())
     }
 }
@@ -252,26 +320,39 @@ pub const PROTOBUF_LIMIT: usize = 2 * 1024 * 1024 * 1024 - 1;
 impl SaveOptions {
     /// Keeps tensors external when the input had them, and externalizes large tensors when the output would
     /// not fit in one protobuf message.
-    pub fn like_input(loaded_external: &BTreeMap<String, ExternalOrigin>, model: &ModelProto) -> Self {
+    pub fn like_input(
+        loaded_external: &BTreeMap<String, ExternalOrigin>,
+        model: &ModelProto,
+    ) -> Self {
         let external_threshold = (model.encoded_len() > PROTOBUF_LIMIT).then_some(1024);
-        SaveOptions { external: loaded_external.keys().cloned().collect(), external_threshold }
+        SaveOptions {
+            external: loaded_external.keys().cloned().collect(),
+            external_threshold,
+        }
     }
 }
 
 /// The external data file written beside `path`: `<file name>.data`.
 pub fn external_data_name(path: &Path) -> String {
-    let stem = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let stem = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     format!("{stem}.data")
 }
 
 /// Writes `model` to `path` atomically. Tensors chosen by `opts` go to `<path>.data` (also atomically).
 pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<(), IoError> {
-    let werr = |source| IoError::Write { path: path.to_owned(), source };
+    let werr = |source| IoError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let wanted: std::collections::HashSet<&str> = opts.external.iter().map(String::as_str).collect();
+    let wanted: std::collections::HashSet<&str> =
+        opts.external.iter().map(String::as_str).collect();
     let is_external = |t: &TensorProto| {
         t.raw_data.as_ref().is_some_and(|d| {
             wanted.contains(t.name()) || opts.external_threshold.is_some_and(|min| d.len() >= min)
@@ -289,7 +370,10 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
         owned = model.clone();
         let data_name = external_data_name(path);
         let data_path = dir.join(&data_name);
-        let data_err = |source| IoError::Write { path: data_path.clone(), source };
+        let data_err = |source| IoError::Write {
+            path: data_path.clone(),
+            source,
+        };
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(werr)?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
         let mut offset = 0u64;
@@ -301,7 +385,9 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
             let data = t.raw_data.take().unwrap_or_default();
             // Keep payloads page-aligned like the reference implementation's writer does.
             let pad = (4096 - offset % 4096) % 4096;
-            result = out.write_all(&vec![0u8; pad as usize]).and_then(|()| out.write_all(&data));
+            result = out
+                .write_all(&vec![0u8; pad as usize])
+                .and_then(|()| out.write_all(&data));
             offset += pad;
             t.data_location = Some(DataLocation::External as i32);
             t.external_data = vec![
@@ -325,7 +411,10 @@ pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), IoError> {
-    let werr = |source| IoError::Write { path: path.to_owned(), source };
+    let werr = |source| IoError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -342,7 +431,11 @@ pub fn write_atomically(
 /// Encodes `model` into `out` without materialising the whole encoding: large byte fields are written
 /// straight through, the rest goes through a small staging buffer.
 pub fn encode_streaming(model: &ModelProto, out: &mut dyn Write) -> std::io::Result<()> {
-    let mut buf = StreamingBuf { out, staged: Vec::with_capacity(STAGE), error: None };
+    let mut buf = StreamingBuf {
+        out,
+        staged: Vec::with_capacity(STAGE),
+        error: None,
+    };
     model.encode_raw(&mut buf);
     buf.flush()?;
     match buf.error {
@@ -439,8 +532,14 @@ mod tests {
         assert!(check_location("weights.bin").is_ok());
         assert!(check_location("sub/weights.bin").is_ok());
         assert_eq!(check_location("/etc/passwd"), Err("is an absolute path"));
-        assert_eq!(check_location("../secret.bin"), Err("escapes the model's folder with '..'"));
-        assert_eq!(check_location("a/../../b"), Err("escapes the model's folder with '..'"));
+        assert_eq!(
+            check_location("../secret.bin"),
+            Err("escapes the model's folder with '..'")
+        );
+        assert_eq!(
+            check_location("a/../../b"),
+            Err("escapes the model's folder with '..'")
+        );
         assert!(check_location("C:\\x").is_err());
     }
 
@@ -452,8 +551,17 @@ mod tests {
             graph: Some(GraphProto {
                 name: Some("g".into()),
                 initializer: vec![
-                    TensorProto { name: Some("small".into()), raw_data: Some(Bytes::from_static(&[1, 2, 3])), ..Default::default() },
-                    TensorProto { name: Some("big".into()), data_type: Some(2), raw_data: Some(big), ..Default::default() },
+                    TensorProto {
+                        name: Some("small".into()),
+                        raw_data: Some(Bytes::from_static(&[1, 2, 3])),
+                        ..Default::default()
+                    },
+                    TensorProto {
+                        name: Some("big".into()),
+                        data_type: Some(2),
+                        raw_data: Some(big),
+                        ..Default::default()
+                    },
                 ],
                 ..Default::default()
             }),

@@ -32,7 +32,11 @@ pub enum GraphError {
     #[error("the model has no graph")]
     NoGraph,
     #[error("value '{value}' is produced twice: by {first} and by {second}; every value needs exactly one producer")]
-    DuplicateName { value: String, first: String, second: String },
+    DuplicateName {
+        value: String,
+        first: String,
+        second: String,
+    },
     #[error("node {node} reads '{value}', which no node, initializer or graph input produces")]
     Dangling { node: String, value: String },
     #[error("graph output '{value}' is produced by nothing")]
@@ -58,6 +62,8 @@ pub struct Graph {
     pub dag: StableDiGraph<NodeProto, Edge>,
     pub initializers: IndexMap<String, TensorProto>,
     producers: HashMap<String, (NodeIndex, usize)>,
+    /// Values removed by edits; their value_info is dropped on lowering unless something produces them again.
+    removed: HashSet<String>,
 }
 
 /// How a node is named in messages: its name, or its position and op type when unnamed.
@@ -78,7 +84,11 @@ fn captured_names(g: &GraphProto, out: &mut Vec<String>) {
         local.extend(n.output.iter().map(String::as_str));
     }
     for n in &g.node {
-        for i in n.input.iter().filter(|i| !i.is_empty() && !local.contains(i.as_str())) {
+        for i in n
+            .input
+            .iter()
+            .filter(|i| !i.is_empty() && !local.contains(i.as_str()))
+        {
             out.push(i.clone());
         }
         for a in &n.attribute {
@@ -117,7 +127,14 @@ impl Graph {
         for t in std::mem::take(&mut proto.initializer) {
             initializers.insert(t.name().to_owned(), t);
         }
-        let mut g = Graph { model, proto, dag: StableDiGraph::default(), initializers, producers: HashMap::new() };
+        let mut g = Graph {
+            model,
+            proto,
+            dag: StableDiGraph::default(),
+            initializers,
+            producers: HashMap::new(),
+            removed: HashSet::new(),
+        };
         for node in nodes {
             g.insert_node(node)?;
         }
@@ -142,7 +159,11 @@ impl Graph {
             if let Some(first) = clash {
                 let second = node_label(&self.dag[index], index);
                 self.dag.remove_node(index);
-                return Err(GraphError::DuplicateName { value: out.clone(), first, second });
+                return Err(GraphError::DuplicateName {
+                    value: out.clone(),
+                    first,
+                    second,
+                });
             }
             self.producers.insert(out.clone(), (index, slot));
         }
@@ -162,6 +183,7 @@ impl Graph {
         for out in &node.output {
             if self.producers.get(out).is_some_and(|&(i, _)| i == index) {
                 self.producers.remove(out);
+                self.removed.insert(out.clone());
             }
         }
         Some(node)
@@ -175,6 +197,7 @@ impl Graph {
     /// Removes an initializer and, for models that list initializers as inputs, the matching graph input.
     pub fn remove_initializer(&mut self, name: &str) -> Option<TensorProto> {
         let t = self.initializers.shift_remove(name)?;
+        self.removed.insert(name.to_owned());
         self.proto.input.retain(|i| i.name() != name);
         Some(t)
     }
@@ -193,10 +216,19 @@ impl Graph {
                 .chain(implicit.into_iter().map(|v| (IMPLICIT_INPUT, v)));
             for (slot, value) in all {
                 match self.producer(&value) {
-                    Some(Producer::Node(from, from_slot)) => wires.push((from, Edge { from_slot, to_slot: slot })),
+                    Some(Producer::Node(from, from_slot)) => wires.push((
+                        from,
+                        Edge {
+                            from_slot,
+                            to_slot: slot,
+                        },
+                    )),
                     Some(_) => {}
                     None => {
-                        return Err(GraphError::Dangling { node: node_label(node, index), value });
+                        return Err(GraphError::Dangling {
+                            node: node_label(node, index),
+                            value,
+                        });
                     }
                 }
             }
@@ -206,7 +238,9 @@ impl Graph {
         }
         for out in &self.proto.output {
             if self.producer(out.name()).is_none() {
-                return Err(GraphError::DanglingOutput { value: out.name().to_owned() });
+                return Err(GraphError::DanglingOutput {
+                    value: out.name().to_owned(),
+                });
             }
         }
         Ok(())
@@ -233,7 +267,12 @@ impl Graph {
     pub fn consumers(&self) -> HashMap<String, Vec<(NodeIndex, usize)>> {
         let mut map: HashMap<String, Vec<(NodeIndex, usize)>> = HashMap::new();
         for index in self.dag.node_indices() {
-            for (slot, v) in self.dag[index].input.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            for (slot, v) in self.dag[index]
+                .input
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_empty())
+            {
                 map.entry(v.clone()).or_default().push((index, slot));
             }
         }
@@ -242,14 +281,22 @@ impl Graph {
 
     /// Node predecessors through data edges (explicit and implicit), deduplicated.
     pub fn predecessors(&self, index: NodeIndex) -> Vec<NodeIndex> {
-        let mut p: Vec<NodeIndex> = self.dag.edges_directed(index, Direction::Incoming).map(|e| e.source()).collect();
+        let mut p: Vec<NodeIndex> = self
+            .dag
+            .edges_directed(index, Direction::Incoming)
+            .map(|e| e.source())
+            .collect();
         p.sort();
         p.dedup();
         p
     }
 
     pub fn successors(&self, index: NodeIndex) -> Vec<NodeIndex> {
-        let mut s: Vec<NodeIndex> = self.dag.edges_directed(index, Direction::Outgoing).map(|e| e.target()).collect();
+        let mut s: Vec<NodeIndex> = self
+            .dag
+            .edges_directed(index, Direction::Outgoing)
+            .map(|e| e.target())
+            .collect();
         s.sort();
         s.dedup();
         s
@@ -261,8 +308,11 @@ impl Graph {
         for index in self.dag.node_indices() {
             indegree.insert(index, self.predecessors(index).len());
         }
-        let mut ready: BinaryHeap<Reverse<NodeIndex>> =
-            indegree.iter().filter(|(_, &d)| d == 0).map(|(&i, _)| Reverse(i)).collect();
+        let mut ready: BinaryHeap<Reverse<NodeIndex>> = indegree
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&i, _)| Reverse(i))
+            .collect();
         let mut order = Vec::with_capacity(indegree.len());
         while let Some(Reverse(index)) = ready.pop() {
             order.push(index);
@@ -276,20 +326,28 @@ impl Graph {
         }
         if order.len() != indegree.len() {
             let done: HashSet<NodeIndex> = order.iter().copied().collect();
-            let stuck = self.dag.node_indices().find(|i| !done.contains(i)).expect("some node is left");
-            return Err(GraphError::Cycle { node: node_label(&self.dag[stuck], stuck) });
+            let stuck = self
+                .dag
+                .node_indices()
+                .find(|i| !done.contains(i))
+                .expect("some node is left");
+            return Err(GraphError::Cycle {
+                node: node_label(&self.dag[stuck], stuck),
+            });
         }
         Ok(order)
     }
 
     /// Builds the model back: nodes in topological order, initializers in insertion order, value_info of
-    /// values that no longer exist dropped.
+    /// values that edits removed dropped (value_info of values that never existed is kept as it came).
     pub fn lower(&self) -> Result<ModelProto, GraphError> {
         let order = self.topological_order()?;
         let mut graph = self.proto.clone();
         graph.node = order.iter().map(|&i| self.dag[i].clone()).collect();
         graph.initializer = self.initializers.values().cloned().collect();
-        graph.value_info.retain(|v| self.producer(v.name()).is_some());
+        graph
+            .value_info
+            .retain(|v| !self.removed.contains(v.name()) || self.producer(v.name()).is_some());
         let mut model = self.model.clone();
         model.graph = Some(graph);
         Ok(model)
@@ -297,7 +355,12 @@ impl Graph {
 
     /// Value info (type and shape) of a value, from inputs, outputs or value_info.
     pub fn value_info(&self, value: &str) -> Option<&ValueInfoProto> {
-        self.proto.input.iter().chain(&self.proto.output).chain(&self.proto.value_info).find(|v| v.name() == value)
+        self.proto
+            .input
+            .iter()
+            .chain(&self.proto.output)
+            .chain(&self.proto.value_info)
+            .find(|v| v.name() == value)
     }
 
     /// Names of the graph inputs that are data (not initializers listed as inputs).
@@ -315,7 +378,10 @@ impl Graph {
         if self.producer(base).is_none() && !self.node_names().contains(base) {
             return base.to_owned();
         }
-        (1..).map(|k| format!("{base}.{k}")).find(|n| self.producer(n).is_none()).expect("unbounded")
+        (1..)
+            .map(|k| format!("{base}.{k}"))
+            .find(|n| self.producer(n).is_none())
+            .expect("unbounded")
     }
 
     fn node_names(&self) -> HashSet<&str> {
@@ -339,7 +405,10 @@ mod tests {
     }
 
     fn vi(name: &str) -> ValueInfoProto {
-        ValueInfoProto { name: Some(name.into()), ..Default::default() }
+        ValueInfoProto {
+            name: Some(name.into()),
+            ..Default::default()
+        }
     }
 
     fn model(nodes: Vec<NodeProto>) -> ModelProto {
@@ -358,7 +427,10 @@ mod tests {
 
     #[test]
     fn lift_lower_keeps_order_and_parallel_edges() {
-        let m = model(vec![node("Mul", "sq", &["x", "x"], &["t"]), node("Mul", "scale", &["t", "w"], &["y"])]);
+        let m = model(vec![
+            node("Mul", "sq", &["x", "x"], &["t"]),
+            node("Mul", "scale", &["t", "w"], &["y"]),
+        ]);
         let g = Graph::lift(m.clone()).unwrap();
         assert_eq!(g.dag.edge_count(), 1);
         let sq = g.producer_node("t").unwrap();
@@ -368,15 +440,28 @@ mod tests {
 
     #[test]
     fn unsorted_input_is_sorted_on_lowering() {
-        let m = model(vec![node("Relu", "b", &["t"], &["y"]), node("Relu", "a", &["x"], &["t"])]);
+        let m = model(vec![
+            node("Relu", "b", &["t"], &["y"]),
+            node("Relu", "a", &["x"], &["t"]),
+        ]);
         let lowered = Graph::lift(m).unwrap().lower().unwrap();
-        let names: Vec<_> = lowered.graph.unwrap().node.iter().map(|n| n.name().to_owned()).collect();
+        let names: Vec<_> = lowered
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.name().to_owned())
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
     fn cycles_are_reported_with_a_node() {
-        let m = model(vec![node("Add", "a", &["x", "u"], &["t"]), node("Relu", "b", &["t"], &["u"]), node("Relu", "c", &["t"], &["y"])]);
+        let m = model(vec![
+            node("Add", "a", &["x", "u"], &["t"]),
+            node("Relu", "b", &["t"], &["u"]),
+            node("Relu", "c", &["t"], &["y"]),
+        ]);
         assert!(matches!(Graph::lift(m), Err(GraphError::Cycle { .. })));
     }
 
@@ -385,24 +470,51 @@ mod tests {
         let m = model(vec![node("Relu", "a", &["nothing"], &["y"])]);
         assert_eq!(
             Graph::lift(m).unwrap_err(),
-            GraphError::Dangling { node: "'a' (Relu)".into(), value: "nothing".into() }
+            GraphError::Dangling {
+                node: "'a' (Relu)".into(),
+                value: "nothing".into()
+            }
         );
-        let m = model(vec![node("Relu", "a", &["x"], &["y"]), node("Relu", "b", &["x"], &["y"])]);
-        assert!(matches!(Graph::lift(m), Err(GraphError::DuplicateName { value, .. }) if value == "y"));
-        let m = model(vec![node("Relu", "a", &["x"], &["w"]), node("Relu", "b", &["w"], &["y"])]);
-        assert!(matches!(Graph::lift(m), Err(GraphError::DuplicateName { value, .. }) if value == "w"));
+        let m = model(vec![
+            node("Relu", "a", &["x"], &["y"]),
+            node("Relu", "b", &["x"], &["y"]),
+        ]);
+        assert!(
+            matches!(Graph::lift(m), Err(GraphError::DuplicateName { value, .. }) if value == "y")
+        );
+        let m = model(vec![
+            node("Relu", "a", &["x"], &["w"]),
+            node("Relu", "b", &["w"], &["y"]),
+        ]);
+        assert!(
+            matches!(Graph::lift(m), Err(GraphError::DuplicateName { value, .. }) if value == "w")
+        );
     }
 
     #[test]
     fn new_nodes_are_placed_before_their_first_consumer() {
-        let m = model(vec![node("Relu", "a", &["x"], &["t"]), node("Mul", "b", &["t", "w2"], &["y"])]);
+        let m = model(vec![
+            node("Relu", "a", &["x"], &["t"]),
+            node("Mul", "b", &["t", "w2"], &["y"]),
+        ]);
         let mut gp = m.clone();
-        gp.graph.as_mut().unwrap().initializer.push(crate::tensor::f32_tensor("w2", &[1], &[1.0]));
+        gp.graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .push(crate::tensor::f32_tensor("w2", &[1], &[1.0]));
         let mut g = Graph::lift(gp).unwrap();
         g.remove_initializer("w2");
-        g.add_node(node("Identity", "make_w2", &["w"], &["w2"])).unwrap();
+        g.add_node(node("Identity", "make_w2", &["w"], &["w2"]))
+            .unwrap();
         let lowered = g.lower().unwrap();
-        let names: Vec<_> = lowered.graph.unwrap().node.iter().map(|n| n.name().to_owned()).collect();
+        let names: Vec<_> = lowered
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.name().to_owned())
+            .collect();
         assert_eq!(names, ["a", "make_w2", "b"]);
     }
 }

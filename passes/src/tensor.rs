@@ -9,7 +9,8 @@ pub fn element_size(data_type: i32) -> Option<usize> {
     use DataType::*;
     Some(match DataType::try_from(data_type).ok()? {
         Float | Int32 | Uint32 => 4,
-        Uint8 | Int8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => 1,
+        Uint8 | Int8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
+        | Float8e8m0 => 1,
         Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 => 1,
         Uint16 | Int16 | Float16 | Bfloat16 => 2,
         Int64 | Double | Uint64 | Complex64 => 8,
@@ -68,7 +69,11 @@ pub fn numel(t: &TensorProto) -> u64 {
 /// `float32[16,3,3,3]`
 pub fn describe(t: &TensorProto) -> String {
     let dims: Vec<String> = t.dims.iter().map(i64::to_string).collect();
-    format!("{}[{}]", dtype_name(t.data_type()).unwrap_or("?"), dims.join(","))
+    format!(
+        "{}[{}]",
+        dtype_name(t.data_type()).unwrap_or("?"),
+        dims.join(",")
+    )
 }
 
 /// A rank-0 tensor holding one value of `data_type` (float32, float64, float16 or bfloat16).
@@ -76,9 +81,11 @@ pub fn scalar(name: &str, data_type: i32, value: f64) -> TensorProto {
     let raw: Vec<u8> = match DataType::try_from(data_type) {
         Ok(DataType::Double) => value.to_le_bytes().to_vec(),
         Ok(DataType::Float16) => f32_to_f16(value as f32).to_le_bytes().to_vec(),
-        Ok(DataType::Bfloat16) => (((value as f32).to_bits() + 0x7fff + (((value as f32).to_bits() >> 16) & 1)) >> 16)
-            .to_le_bytes()[..2]
-            .to_vec(),
+        Ok(DataType::Bfloat16) => {
+            (((value as f32).to_bits() + 0x7fff + (((value as f32).to_bits() >> 16) & 1)) >> 16)
+                .to_le_bytes()[..2]
+                .to_vec()
+        }
         _ => (value as f32).to_le_bytes().to_vec(),
     };
     TensorProto {
@@ -107,7 +114,11 @@ pub fn f32_values(t: &TensorProto) -> Option<Vec<f32>> {
         return None;
     }
     match &t.raw_data {
-        Some(raw) => Some(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Some(raw) => Some(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
         None => Some(t.float_data.clone()),
     }
 }
