@@ -1,6 +1,11 @@
 //! ONNX schema, graph IR, analyses and rewrite passes for Replacement Learning.
 
+pub mod analysis;
+pub mod diff;
 pub mod io;
 pub mod ir;
 pub mod onnx;
+pub mod pass;
+pub mod passes;
+pub mod plan;
 pub mod tensor;
