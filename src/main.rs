@@ -1,1 +1,186 @@
-fn main() {}
+//! rl-rewrite: Replacement Learning for ONNX models. This file only parses arguments and wires commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rl_passes::analysis::units::UnitKind;
+use rl_passes::pipeline::RewriteOptions;
+use rl_rewrite::commands;
+
+/// Rewrites an ONNX model for Replacement Learning: every K-th repeated unit (block or layer) is frozen and its
+/// parameters replaced by θ_l = a_l·θ_{l-1} + b_l·θ_{l+1}, with two learnable scalars per frozen unit.
+#[derive(Parser)]
+#[command(
+    name = "rl-rewrite",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    rewrite: RewriteArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UnitArg {
+    /// Repeated blocks found from the dominator structure (residual blocks, transformer blocks).
+    Block,
+    /// Each Conv/Gemm/MatMul with a constant weight, with its trailing BatchNormalization or bias.
+    Layer,
+}
+
+impl From<UnitArg> for UnitKind {
+    fn from(u: UnitArg) -> Self {
+        match u {
+            UnitArg::Block => UnitKind::Block,
+            UnitArg::Layer => UnitKind::Layer,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RewriteArgs {
+    /// The ONNX model to rewrite (external data is read from beside it).
+    #[arg(required = true)]
+    model: Option<PathBuf>,
+    /// Freeze every K-th unit of each stage (units K, 2K, … that have two unfrozen neighbours); K ≥ 2.
+    #[arg(long, value_name = "K", required = true)]
+    every: Option<usize>,
+    /// Where to write the rewritten model [default: <stem>.rl.onnx beside MODEL]. MODEL is never overwritten
+    /// unless this names it.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// What a unit is.
+    #[arg(long, value_enum, default_value = "block")]
+    unit: UnitArg,
+    /// Shift the frozen positions: units offset+K, offset+2K, … are frozen.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    offset: usize,
+    /// Initial value of each frozen unit's a (weight of the previous unit's parameters).
+    #[arg(
+        long,
+        value_name = "A",
+        default_value_t = 0.5,
+        allow_negative_numbers = true
+    )]
+    init_a: f64,
+    /// Initial value of each frozen unit's b (weight of the next unit's parameters).
+    #[arg(
+        long,
+        value_name = "B",
+        default_value_t = 0.5,
+        allow_negative_numbers = true
+    )]
+    init_b: f64,
+    /// Also write the plan (the same JSON stored in the model's metadata) to FILE.
+    #[arg(long, value_name = "FILE")]
+    plan_json: Option<PathBuf>,
+    /// Plan and print the summary, but write no model.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show opsets, inputs/outputs, op histogram, parameters, and the stages and units found.
+    Inspect {
+        model: PathBuf,
+        /// What a unit is.
+        #[arg(long, value_enum, default_value = "block")]
+        unit: UnitArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Semantic diff of two models (nodes, initializers, inputs/outputs, opsets, metadata). Exit code 0 when
+    /// equal, 1 when different, 2 on error.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a model of the zoo: resnet20/32/44/56/110 (CIFAR), resnet18/34/50/101/152, vit-ti/s/b/l.
+    Zoo {
+        /// Model name.
+        name: String,
+        /// Output file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Number of classes [default: 10 for CIFAR ResNets, 1000 otherwise].
+        #[arg(long, value_name = "N")]
+        classes: Option<usize>,
+        /// Input height and width [default: 32 for CIFAR ResNets, 224 otherwise].
+        #[arg(long, value_name = "S")]
+        image_size: Option<usize>,
+        /// Input channels [default: 3].
+        #[arg(long, value_name = "C")]
+        channels: Option<usize>,
+        /// Seed of the weight initialisation.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
+    },
+    /// Build resnet32, rewrite it with --every 2, print plan and diff, and check equivalence with tract.
+    Demo {
+        /// Folder for the demo's files.
+        #[arg(long, value_name = "DIR", default_value = "rl-demo")]
+        out: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Some(Command::Inspect { model, unit, json }) => {
+            commands::inspect_command(&model, unit.into(), json)
+        }
+        Some(Command::Diff { a, b, json }) => commands::diff_command(&a, &b, json),
+        Some(Command::Zoo {
+            name,
+            output,
+            classes,
+            image_size,
+            channels,
+            seed,
+        }) => commands::zoo_command(&commands::ZooRequest {
+            name,
+            output,
+            classes,
+            image_size,
+            channels,
+            seed,
+        }),
+        Some(Command::Demo { out }) => commands::demo_command(&out),
+        None => {
+            let r = cli.rewrite;
+            let model = r.model.expect("clap requires MODEL");
+            let every = r.every.expect("clap requires --every");
+            commands::rewrite_command(&commands::RewriteRequest {
+                model,
+                output: r.output,
+                options: RewriteOptions {
+                    unit: r.unit.into(),
+                    every,
+                    offset: r.offset,
+                    init_a: r.init_a,
+                    init_b: r.init_b,
+                },
+                plan_json: r.plan_json,
+                dry_run: r.dry_run,
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

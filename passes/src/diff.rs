@@ -1017,38 +1017,7 @@ fn summarize_tensor(t: &TensorProto) -> TensorSummary {
 
 /// Short dtype name (`float32`, `int64`, `bfloat16`, ...); unknown codes as `dtype(N)`.
 pub fn dtype_name(code: i32) -> String {
-    use DataType as D;
-    let name = match DataType::try_from(code) {
-        Ok(D::Undefined) => "undefined",
-        Ok(D::Float) => "float32",
-        Ok(D::Uint8) => "uint8",
-        Ok(D::Int8) => "int8",
-        Ok(D::Uint16) => "uint16",
-        Ok(D::Int16) => "int16",
-        Ok(D::Int32) => "int32",
-        Ok(D::Int64) => "int64",
-        Ok(D::String) => "string",
-        Ok(D::Bool) => "bool",
-        Ok(D::Float16) => "float16",
-        Ok(D::Double) => "float64",
-        Ok(D::Uint32) => "uint32",
-        Ok(D::Uint64) => "uint64",
-        Ok(D::Complex64) => "complex64",
-        Ok(D::Complex128) => "complex128",
-        Ok(D::Bfloat16) => "bfloat16",
-        Ok(D::Float8e4m3fn) => "float8e4m3fn",
-        Ok(D::Float8e4m3fnuz) => "float8e4m3fnuz",
-        Ok(D::Float8e5m2) => "float8e5m2",
-        Ok(D::Float8e5m2fnuz) => "float8e5m2fnuz",
-        Ok(D::Uint4) => "uint4",
-        Ok(D::Int4) => "int4",
-        Ok(D::Float4e2m1) => "float4e2m1",
-        Ok(D::Float8e8m0) => "float8e8m0",
-        Ok(D::Uint2) => "uint2",
-        Ok(D::Int2) => "int2",
-        Err(_) => return format!("dtype({code})"),
-    };
-    name.to_owned()
+    crate::tensor::dtype_name(code).map_or_else(|| format!("dtype({code})"), str::to_owned)
 }
 
 fn render_dims(dims: &[i64]) -> String {

@@ -172,9 +172,28 @@ impl Graph {
 
     /// Adds a node and wires it. Its outputs must be new names.
     pub fn add_node(&mut self, node: NodeProto) -> Result<NodeIndex, GraphError> {
-        let index = self.insert_node(node)?;
+        Ok(self.add_nodes([node])?[0])
+    }
+
+    /// Adds nodes that may read each other's outputs, then wires them all at once.
+    pub fn add_nodes(
+        &mut self,
+        nodes: impl IntoIterator<Item = NodeProto>,
+    ) -> Result<Vec<NodeIndex>, GraphError> {
+        let mut added = Vec::new();
+        for node in nodes {
+            match self.insert_node(node) {
+                Ok(index) => added.push(index),
+                Err(e) => {
+                    for index in added {
+                        self.remove_node(index);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         self.relink()?;
-        Ok(index)
+        Ok(added)
     }
 
     /// Removes a node; values it produced no longer exist.

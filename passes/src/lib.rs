@@ -7,5 +7,6 @@ pub mod ir;
 pub mod onnx;
 pub mod pass;
 pub mod passes;
+pub mod pipeline;
 pub mod plan;
 pub mod tensor;

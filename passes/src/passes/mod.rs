@@ -1,0 +1,5 @@
+//! Rewrite passes, one per file.
+
+pub mod replace_frozen;
+
+pub use replace_frozen::ReplaceFrozenUnits;

@@ -1,0 +1,223 @@
+//! The commands behind the CLI. Each returns the process exit code; errors carry what to do about them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rl_passes::analysis::units::{discover_units, UnitKind};
+use rl_passes::diff::diff_models;
+use rl_passes::io::{load_model, save_model, write_atomically, SaveOptions};
+use rl_passes::ir::Graph;
+use rl_passes::pipeline::{plan_model, rewrite, RewriteOptions};
+
+use crate::engine::{tract::TractEngine, Engine};
+use crate::inputs::{input_shapes, random_inputs};
+use crate::reference::with_integrated_weights;
+use crate::report::{inspect, rewrite_summary};
+
+/// `<stem>.rl.onnx` beside the model.
+pub fn default_output(model: &Path) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    model.with_file_name(format!("{stem}.rl.onnx"))
+}
+
+pub struct RewriteRequest {
+    pub model: PathBuf,
+    pub output: Option<PathBuf>,
+    pub options: RewriteOptions,
+    pub plan_json: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+pub fn rewrite_command(req: &RewriteRequest) -> Result<i32> {
+    let loaded = load_model(&req.model)?;
+    let output = req
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&req.model));
+    if req.dry_run {
+        let planned = plan_model(loaded.model, &req.options)
+            .with_context(|| format!("{}", req.model.display()))?;
+        print!("{}", rewrite_summary(&planned.analysis, &planned.plan, 0));
+        println!("dry run: nothing written");
+        if let Some(path) = &req.plan_json {
+            write_text(path, &planned.plan.to_json())?;
+        }
+        return Ok(0);
+    }
+    let result =
+        rewrite(loaded.model, &req.options).with_context(|| format!("{}", req.model.display()))?;
+    save_model(
+        &result.model,
+        &output,
+        &SaveOptions::like_input(&loaded.external, &result.model),
+    )?;
+    if let Some(path) = &req.plan_json {
+        write_text(path, &result.plan.to_json())?;
+    }
+    print!(
+        "{}",
+        rewrite_summary(&result.analysis, &result.plan, result.tensors_removed)
+    );
+    println!("wrote {}", output.display());
+    Ok(0)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_atomically(path, |w| w.write_all(format!("{text}\n").as_bytes()))?;
+    Ok(())
+}
+
+pub fn inspect_command(model: &Path, unit: UnitKind, json: bool) -> Result<i32> {
+    let loaded = load_model(model)?;
+    let graph =
+        Graph::lift(loaded.model.clone()).with_context(|| format!("{}", model.display()))?;
+    let analysis = discover_units(&graph, unit);
+    let report = inspect(&loaded.model, &analysis);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", model.display());
+        print!("{report}");
+    }
+    Ok(0)
+}
+
+pub fn diff_command(a: &Path, b: &Path, json: bool) -> Result<i32> {
+    let (ma, mb) = (load_model(a)?, load_model(b)?);
+    let diff = diff_models(&ma.model, &mb.model);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&diff.to_json())?);
+    } else {
+        print!("{diff}");
+    }
+    Ok(if diff.is_empty() { 0 } else { 1 })
+}
+
+pub struct ZooRequest {
+    pub name: String,
+    pub output: PathBuf,
+    pub classes: Option<usize>,
+    pub image_size: Option<usize>,
+    pub channels: Option<usize>,
+    pub seed: u64,
+}
+
+pub fn zoo_command(req: &ZooRequest) -> Result<i32> {
+    let mut opts = rl_models::ZooOptions::for_model(&req.name)?;
+    opts.classes = req.classes.unwrap_or(opts.classes);
+    opts.image_size = req.image_size.unwrap_or(opts.image_size);
+    opts.channels = req.channels.unwrap_or(opts.channels);
+    opts.seed = req.seed;
+    let model = rl_models::build(&req.name, &opts)?;
+    save_model(
+        &model,
+        &req.output,
+        &SaveOptions::like_input(&Default::default(), &model),
+    )?;
+    let count = rl_models::parameter_count(&model);
+    println!(
+        "wrote {} ({}, {} classes, {}×{}×{} input, {} learnable parameters)",
+        req.output.display(),
+        req.name,
+        opts.classes,
+        opts.channels,
+        opts.image_size,
+        opts.image_size,
+        count.learnable
+    );
+    Ok(0)
+}
+
+/// Largest output difference between two models on the same seeded inputs, computed with tract.
+pub fn tract_max_diff(
+    a: &rl_passes::onnx::ModelProto,
+    b: &rl_passes::onnx::ModelProto,
+    batch: usize,
+    seed: u64,
+) -> Result<f32> {
+    let shapes = input_shapes(a, batch);
+    let inputs = random_inputs(&shapes, seed);
+    let ea = TractEngine::new(a, &shapes)?;
+    let eb = TractEngine::new(b, &shapes)?;
+    let (oa, ob) = (ea.run(&inputs)?, eb.run(&inputs)?);
+    let mut worst = 0.0f32;
+    for ((name, x), (_, y)) in oa.iter().zip(&ob) {
+        let Some(d) = x.max_abs_diff(y) else {
+            bail!(
+                "output '{name}' has shape {:?} in one model and {:?} in the other",
+                x.shape,
+                y.shape
+            )
+        };
+        worst = worst.max(d);
+    }
+    Ok(worst)
+}
+
+pub fn demo_command(out_dir: &Path) -> Result<i32> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let original_path = out_dir.join("resnet32.onnx");
+    let rewritten_path = out_dir.join("resnet32.rl.onnx");
+    let plan_path = out_dir.join("resnet32.plan.json");
+    println!(
+        "== 1. building resnet32 from the zoo → {}",
+        original_path.display()
+    );
+    zoo_command(&ZooRequest {
+        name: "resnet32".into(),
+        output: original_path.clone(),
+        classes: None,
+        image_size: None,
+        channels: None,
+        seed: 0,
+    })?;
+    println!("\n== 2. rl-rewrite {} --every 2", original_path.display());
+    let options = RewriteOptions::default();
+    rewrite_command(&RewriteRequest {
+        model: original_path.clone(),
+        output: Some(rewritten_path.clone()),
+        options,
+        plan_json: Some(plan_path.clone()),
+        dry_run: false,
+    })?;
+    println!("\n== 3. plan ({})", plan_path.display());
+    print!("{}", std::fs::read_to_string(&plan_path)?);
+    println!("\n== 4. rl-rewrite diff");
+    diff_command(&original_path, &rewritten_path, false)?;
+    println!("\n== 5. equivalence with tract (seeded random inputs, batch 4)");
+    let original = load_model(&original_path)?.model;
+    let rewritten = load_model(&rewritten_path)?.model;
+    let plan_text = std::fs::read_to_string(&plan_path)?;
+    let plan = plan_from_metadata(&rewritten).context("the rewritten model carries no plan")?;
+    debug_assert_eq!(
+        serde_json::to_string_pretty(&plan)?.trim(),
+        plan_text.trim()
+    );
+    let reference = with_integrated_weights(
+        &original,
+        &plan,
+        options.init_a as f32,
+        options.init_b as f32,
+    )?;
+    let diff = tract_max_diff(&rewritten, &reference, 4, 7)?;
+    println!("max |rewritten − original with θ = 0.5·prev + 0.5·next| = {diff:.3e}");
+    if diff > 1e-5 {
+        println!("FAILED: the rewrite is not equivalent (tolerance 1e-5)");
+        return Ok(1);
+    }
+    println!("OK: equivalent within 1e-5");
+    Ok(0)
+}
+
+/// The plan stored in a rewritten model's metadata.
+pub fn plan_from_metadata(model: &rl_passes::onnx::ModelProto) -> Option<rl_passes::plan::Plan> {
+    let entry = model
+        .metadata_props
+        .iter()
+        .find(|e| e.key() == rl_passes::plan::PLAN_KEY)?;
+    serde_json::from_str(entry.value()).ok()
+}

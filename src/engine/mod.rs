@@ -1,0 +1,46 @@
+//! Engines that execute ONNX models: the embedded pure-Rust tract engine.
+
+pub mod tract;
+
+/// A dense float32 tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Largest absolute difference to `other`, `None` when shapes differ.
+    pub fn max_abs_diff(&self, other: &HostTensor) -> Option<f32> {
+        (self.shape == other.shape).then(|| {
+            self.data
+                .iter()
+                .zip(&other.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max)
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{engine} could not prepare the model: {message}")]
+    Prepare {
+        engine: &'static str,
+        message: String,
+    },
+    #[error("{engine} failed to run the model: {message}")]
+    Run {
+        engine: &'static str,
+        message: String,
+    },
+}
+
+/// Something that runs a model on named float inputs and returns its outputs in graph order.
+pub trait Engine {
+    fn name(&self) -> &'static str;
+    fn run(
+        &self,
+        inputs: &[(String, HostTensor)],
+    ) -> Result<Vec<(String, HostTensor)>, EngineError>;
+}

@@ -1,0 +1,105 @@
+//! The embedded engine: tract-onnx, optimized and planned once, then run as often as needed.
+
+use prost::Message;
+use rl_passes::onnx::ModelProto;
+use tract_onnx::prelude::*;
+
+use super::{Engine, EngineError, HostTensor};
+
+pub struct TractEngine {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+}
+
+impl TractEngine {
+    /// Prepares `model` for inputs of the given shapes (in graph-input order, data inputs only).
+    pub fn new(
+        model: &ModelProto,
+        input_shapes: &[(String, Vec<usize>)],
+    ) -> Result<TractEngine, EngineError> {
+        let prep = |e: TractError| EngineError::Prepare {
+            engine: "tract",
+            message: format!("{e:#}"),
+        };
+        let bytes = model.encode_to_vec();
+        let mut m = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .map_err(prep)?;
+        let graph_inputs: Vec<String> = m
+            .input_outlets()
+            .map_err(prep)?
+            .iter()
+            .map(|o| m.node(o.node).name.clone())
+            .collect();
+        let mut input_names = Vec::new();
+        for (k, name) in graph_inputs.iter().enumerate() {
+            let Some((_, shape)) = input_shapes.iter().find(|(n, _)| n == name) else {
+                return Err(EngineError::Prepare {
+                    engine: "tract",
+                    message: format!("no shape given for input '{name}'"),
+                });
+            };
+            m = m
+                .with_input_fact(k, f32::fact(shape).into())
+                .map_err(prep)?;
+            input_names.push(name.clone());
+        }
+        let output_names = m
+            .output_outlets()
+            .map_err(prep)?
+            .iter()
+            .map(|o| m.node(o.node).name.clone())
+            .collect();
+        let plan = m
+            .into_optimized()
+            .map_err(prep)?
+            .into_runnable()
+            .map_err(prep)?;
+        Ok(TractEngine {
+            plan,
+            input_names,
+            output_names,
+        })
+    }
+}
+
+impl Engine for TractEngine {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(
+        &self,
+        inputs: &[(String, HostTensor)],
+    ) -> Result<Vec<(String, HostTensor)>, EngineError> {
+        let fail = |e: TractError| EngineError::Run {
+            engine: "tract",
+            message: format!("{e:#}"),
+        };
+        let mut values = TVec::new();
+        for name in &self.input_names {
+            let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
+                return Err(EngineError::Run {
+                    engine: "tract",
+                    message: format!("input '{name}' not given"),
+                });
+            };
+            let tensor = Tensor::from_shape(&t.shape, &t.data).map_err(fail)?;
+            values.push(tensor.into_tvalue());
+        }
+        let outputs = self.plan.run(values).map_err(fail)?;
+        let mut result = Vec::new();
+        for (name, value) in self.output_names.iter().zip(outputs) {
+            let view = value.to_plain_array_view::<f32>().map_err(fail)?;
+            result.push((
+                name.clone(),
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data: view.iter().copied().collect(),
+                },
+            ));
+        }
+        Ok(result)
+    }
+}
