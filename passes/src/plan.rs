@@ -72,12 +72,14 @@ pub fn frozen_positions(
     offset: usize,
 ) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
-    if every < 2 {
+    // offset + every past usize::MAX freezes nothing (and must not overflow: both come from the command line).
+    let Some(first) = offset.checked_add(every).filter(|_| every >= 2) else {
         return out;
-    }
+    };
     for stage in &analysis.stages {
         let n = stage.units.len();
-        let mut i = offset + every;
+        // i < n ≤ isize::MAX and every ≤ i, so `i += every` cannot overflow.
+        let mut i = first;
         while i < n {
             out.push((stage.index, i, stage.units[i - 1]));
             i += every;
@@ -219,11 +221,69 @@ pub fn make_plan(
 }
 
 impl Plan {
+    /// Pretty JSON with number lists (shapes) kept on one line.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plans serialize")
+        compact_number_lists(&serde_json::to_string_pretty(self).expect("plans serialize"))
     }
 
     pub fn replaced_tensor_count(&self) -> usize {
         self.frozen.iter().map(|f| f.params.len()).sum()
+    }
+}
+
+/// Puts JSON arrays that hold only numbers on one line: `[\n  16,\n  3\n]` → `[16, 3]`.
+fn compact_number_lists(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find(']') {
+            Some(close)
+                if after[..close].chars().all(|c| c.is_ascii_digit() || c.is_whitespace() || ",-.".contains(c)) =>
+            {
+                let items: Vec<&str> = after[..close].split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                out.push('[');
+                out.push_str(&items.join(", "));
+                out.push(']');
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_lists_are_compacted_and_other_lists_kept() {
+        let pretty = "{\n  \"shape\": [\n    16,\n    3\n  ],\n  \"empty\": [],\n  \"names\": [\n    \"a\"\n  ]\n}";
+        let compact = compact_number_lists(pretty);
+        assert!(compact.contains("\"shape\": [16, 3]"), "{compact}");
+        assert!(compact.contains("\"empty\": []"));
+        assert!(compact.contains("\"names\": [\n    \"a\"\n  ]"));
+        let v: serde_json::Value = serde_json::from_str(&compact).unwrap();
+        assert_eq!(v["shape"], serde_json::json!([16, 3]));
+    }
+
+    #[test]
+    fn every_below_two_is_rejected() {
+        let g = crate::ir::Graph::lift(crate::onnx::ModelProto {
+            graph: Some(Default::default()),
+            ..Default::default()
+        })
+        .unwrap();
+        let analysis = crate::analysis::discover_units(&g, UnitKind::Block);
+        for every in [0, 1] {
+            let err = make_plan(&g, &analysis, &PlanOptions { unit: UnitKind::Block, every, offset: 0 }).unwrap_err();
+            assert_eq!(err, PlanError::EveryTooSmall(every));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The embedded engine: tract-onnx, optimized and planned once, then run as often as needed.
 
 use prost::Message;
-use rl_passes::onnx::ModelProto;
+use rl_passes::onnx::{type_proto::Value as Type, ModelProto};
 use tract_onnx::prelude::*;
 
 use super::{Engine, EngineError, HostTensor};
@@ -22,6 +22,17 @@ impl TractEngine {
             engine: "tract",
             message: format!("{e:#}"),
         };
+        // Symbolic dims in intermediate shape annotations (dynamo exports) clash with the concrete input facts
+        // tract is given; it infers every shape itself, so they are dropped.
+        let mut model = model.clone();
+        if let Some(g) = &mut model.graph {
+            g.value_info.clear();
+            for o in &mut g.output {
+                if let Some(Type::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+                    t.shape = None;
+                }
+            }
+        }
         let bytes = model.encode_to_vec();
         let mut m = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())

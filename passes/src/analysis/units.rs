@@ -208,8 +208,10 @@ fn int_list(g: &Graph, index: NodeIndex, name: &str) -> Vec<i64> {
         .unwrap_or_default()
 }
 
-/// Whether a node can change the shape of the data passing through it.
-fn node_changes_shape(g: &Graph, index: NodeIndex, params: &[UnitParam]) -> bool {
+/// Whether a node can change the shape of the data passing through it. Inside a block only strides count: a
+/// block's inner layers change widths (bottlenecks, MLPs) and restore them, and a block whose output width
+/// differs from its input width has parameter shapes unlike its neighbours' anyway.
+fn node_changes_shape(g: &Graph, index: NodeIndex, params: &[UnitParam], kind: UnitKind) -> bool {
     let node = &g.dag[index];
     let weight = params
         .iter()
@@ -218,6 +220,9 @@ fn node_changes_shape(g: &Graph, index: NodeIndex, params: &[UnitParam]) -> bool
         "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" => {
             if int_list(g, index, "strides").iter().any(|&s| s != 1) {
                 return true;
+            }
+            if kind == UnitKind::Block {
+                return false;
             }
             let group = node
                 .attribute
@@ -229,7 +234,7 @@ fn node_changes_shape(g: &Graph, index: NodeIndex, params: &[UnitParam]) -> bool
                 w.param.dims.len() >= 2 && w.param.dims[0] != w.param.dims[1] * group
             })
         }
-        "MatMul" | "Gemm" => weight.is_some_and(|w| {
+        "MatMul" | "Gemm" if kind == UnitKind::Layer => weight.is_some_and(|w| {
             let d = &w.param.dims;
             d.len() >= 2 && d[d.len() - 1] != d[d.len() - 2]
         }),
@@ -287,9 +292,9 @@ fn unit_name(g: &Graph, nodes: &[NodeIndex], params: &[UnitParam], index: usize)
     format!("unit{index}")
 }
 
-fn build_unit(g: &Graph, index: usize, nodes: Vec<NodeIndex>, constants: &HashSet<String>) -> Unit {
+fn build_unit(g: &Graph, kind: UnitKind, index: usize, nodes: Vec<NodeIndex>, constants: &HashSet<String>) -> Unit {
     let params = param_uses(g, &nodes, constants);
-    let changes_shape = nodes.iter().any(|&n| node_changes_shape(g, n, &params));
+    let changes_shape = nodes.iter().any(|&n| node_changes_shape(g, n, &params, kind));
     let name = unit_name(g, &nodes, &params, index);
     let signature = signature(g, &nodes, constants);
     Unit {
@@ -379,7 +384,7 @@ pub fn discover_units(g: &Graph, kind: UnitKind) -> LayerAnalysis {
     let mut units: Vec<Unit> = groups
         .into_iter()
         .enumerate()
-        .map(|(k, nodes)| build_unit(g, k, nodes, &constants))
+        .map(|(k, nodes)| build_unit(g, kind, k, nodes, &constants))
         .collect();
     dedupe_names(&mut units);
 
