@@ -22,6 +22,16 @@
 //! std 0.02 truncated at ±2 std; patch-embedding conv: truncated normal std 1/√fan_in. Norm layers are
 //! *perturbed* away from the identity so that rewrites are actually exercised: scale 1 ± 0.1, shift ± 0.1,
 //! and for BatchNorm running mean ± 0.1 and running variance 1 ± 0.1 (all uniform).
+//!
+//! ```
+//! use rl_models::{build, parameter_count, ZooOptions};
+//!
+//! let opts = ZooOptions::for_model("resnet20")?;
+//! let model = build("resnet20", &opts)?;
+//! // Learnable parameters; BatchNorm running statistics are counted apart.
+//! assert_eq!(parameter_count(&model).learnable, 272_474);
+//! # Ok::<(), rl_models::ZooError>(())
+//! ```
 
 mod builder;
 mod resnet;

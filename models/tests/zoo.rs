@@ -410,7 +410,7 @@ fn resnet_tensor_and_node_names() {
     let var = floats("layer1.0.bn2.running_var");
     assert!(var.iter().all(|v| *v >= 0.9));
 
-    let m = build("resnet50", &opts(1000, 32, 0)).unwrap();
+    let m = build_without_weights("resnet50", &opts(1000, 32, 0)).unwrap();
     let g = graph(&m);
     let dims = |name: &str| {
         g.initializer
@@ -465,7 +465,7 @@ fn block_signature(g: &GraphProto, prefix: &str) -> Vec<String> {
 #[test]
 fn vit_blocks_are_structurally_identical() {
     let o = opts(10, 32, 0);
-    let m = build("vit-s", &o).unwrap();
+    let m = build_without_weights("vit-s", &o).unwrap();
     let g = graph(&m);
     let first = block_signature(g, "encoder.layers.0.");
     assert!(first.len() > 30, "{first:#?}");
