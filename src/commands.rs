@@ -29,6 +29,7 @@ pub struct RewriteRequest {
     pub options: RewriteOptions,
     pub plan_json: Option<PathBuf>,
     pub dry_run: bool,
+    pub fsync: bool,
 }
 
 pub fn rewrite_command(req: &RewriteRequest) -> Result<i32> {
@@ -66,7 +67,7 @@ pub fn rewrite_command(req: &RewriteRequest) -> Result<i32> {
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
-    write_atomically(path, |w| w.write_all(format!("{text}\n").as_bytes()))?;
+    write_atomically(path, false, |w| w.write_all(format!("{text}\n").as_bytes()))?;
     Ok(())
 }
 
@@ -183,6 +184,7 @@ pub fn demo_command(out_dir: &Path) -> Result<i32> {
         options,
         plan_json: Some(plan_path.clone()),
         dry_run: false,
+        fsync: false,
     })?;
     println!("\n== 3. plan ({})", plan_path.display());
     print!("{}", std::fs::read_to_string(&plan_path)?);

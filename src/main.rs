@@ -81,6 +81,10 @@ struct RewriteArgs {
     /// Plan and print the summary, but write no model.
     #[arg(long)]
     dry_run: bool,
+    /// fsync the output before renaming it into place (survives a power loss; slower). Without it the output
+    /// is still written atomically: a temporary file renamed into place, never a half-written file.
+    #[arg(long)]
+    fsync: bool,
 }
 
 #[derive(Subcommand)]
@@ -170,12 +174,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
                 plan_json: r.plan_json,
                 dry_run: r.dry_run,
+                fsync: r.fsync,
             })
         }
     }
 }
 
 fn main() -> ExitCode {
+    // Like other Unix filters, end quietly when the reader goes away (`rl-rewrite diff a b | head`).
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread or I/O exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

@@ -1,7 +1,6 @@
 //! Reference models for equivalence checks: the original model with each replaced tensor overwritten by
 //! `a·prev + b·next`, computed here on the host. A correct rewrite computes exactly this.
 
-use bytes::Bytes;
 use rl_passes::onnx::ModelProto;
 use rl_passes::plan::Plan;
 use rl_passes::tensor::{f32_tensor, f32_values};
@@ -44,7 +43,7 @@ pub fn with_integrated_weights(
             .find(|t| t.name() == name)
             .ok_or_else(|| ReferenceError::NotAnInitializer(name.clone()))?;
         let fresh = f32_tensor(&name, &t.dims, &values);
-        t.raw_data = fresh.raw_data.map(Bytes::from);
+        t.raw_data = fresh.raw_data;
         t.float_data.clear();
     }
     Ok(model)

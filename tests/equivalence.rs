@@ -12,16 +12,29 @@ use rl_rewrite::reference::with_integrated_weights;
 fn check_equivalence(name: &str, model: ModelProto, unit: UnitKind, batch: usize) {
     let mut frozen_any = false;
     for (a, b) in [(1.0, 0.0), (0.5, 0.5)] {
-        let opts = RewriteOptions { unit, every: 2, offset: 0, init_a: a, init_b: b };
+        let opts = RewriteOptions {
+            unit,
+            every: 2,
+            offset: 0,
+            init_a: a,
+            init_b: b,
+        };
         let rewritten = rewrite(model.clone(), &opts).unwrap();
         assert!(!rewritten.plan.frozen.is_empty(), "{name}: nothing frozen");
         frozen_any = true;
-        let reference = with_integrated_weights(&model, &rewritten.plan, a as f32, b as f32).unwrap();
+        let reference =
+            with_integrated_weights(&model, &rewritten.plan, a as f32, b as f32).unwrap();
         let diff = tract_max_diff(&rewritten.model, &reference, batch, 11).unwrap();
-        assert!(diff <= 1e-5, "{name} ({a}/{b}): rewritten vs reference differ by {diff}");
+        assert!(
+            diff <= 1e-5,
+            "{name} ({a}/{b}): rewritten vs reference differ by {diff}"
+        );
         // The check can fail: the rewrite really changes what the model computes.
         let changed = tract_max_diff(&rewritten.model, &model, batch, 11).unwrap();
-        assert!(changed > 1e-4, "{name} ({a}/{b}): the rewrite changed nothing (max diff {changed})");
+        assert!(
+            changed > 1e-4,
+            "{name} ({a}/{b}): the rewrite changed nothing (max diff {changed})"
+        );
         println!("{name} a={a} b={b}: {} units frozen, |rewritten − reference| = {diff:.2e}, |rewritten − original| = {changed:.2e}", rewritten.plan.frozen.len());
     }
     assert!(frozen_any);
@@ -29,20 +42,40 @@ fn check_equivalence(name: &str, model: ModelProto, unit: UnitKind, batch: usize
 
 #[test]
 fn resnet32_blocks() {
-    check_equivalence("resnet32", common::zoo("resnet32", None, None), UnitKind::Block, 2);
+    check_equivalence(
+        "resnet32",
+        common::zoo("resnet32", None, None),
+        UnitKind::Block,
+        2,
+    );
 }
 
 #[test]
 fn resnet56_blocks() {
-    check_equivalence("resnet56", common::zoo("resnet56", None, None), UnitKind::Block, 2);
+    check_equivalence(
+        "resnet56",
+        common::zoo("resnet56", None, None),
+        UnitKind::Block,
+        2,
+    );
 }
 
 #[test]
 fn vit_ti_blocks_at_32px() {
-    check_equivalence("vit-ti", common::zoo("vit-ti", Some(32), Some(10)), UnitKind::Block, 2);
+    check_equivalence(
+        "vit-ti",
+        common::zoo("vit-ti", Some(32), Some(10)),
+        UnitKind::Block,
+        2,
+    );
 }
 
 #[test]
 fn resnet18_layers() {
-    check_equivalence("resnet18", common::zoo("resnet18", Some(64), Some(10)), UnitKind::Layer, 2);
+    check_equivalence(
+        "resnet18",
+        common::zoo("resnet18", Some(64), Some(10)),
+        UnitKind::Layer,
+        2,
+    );
 }

@@ -14,27 +14,59 @@ use rl_rewrite::reference::with_integrated_weights;
 /// frozen unit names.
 fn rewrite_fixture(rel: &str, dir: &Path) -> (Vec<String>, std::path::PathBuf) {
     let loaded = load_model(&common::fixture(rel)).unwrap();
-    let opts = RewriteOptions { init_a: 1.0, init_b: 0.0, ..Default::default() };
+    let opts = RewriteOptions {
+        init_a: 1.0,
+        init_b: 0.0,
+        ..Default::default()
+    };
     let rewritten = rewrite(loaded.model.clone(), &opts).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let out = dir.join(rel.replace('/', "_"));
-    save_model(&rewritten.model, &out, &SaveOptions::like_input(&loaded.external, &rewritten.model)).unwrap();
+    save_model(
+        &rewritten.model,
+        &out,
+        &SaveOptions::like_input(&loaded.external, &rewritten.model),
+    )
+    .unwrap();
     for f in &rewritten.plan.frozen {
-        assert!(!f.params.is_empty(), "{rel}: frozen unit {} replaces nothing", f.unit);
+        assert!(
+            !f.params.is_empty(),
+            "{rel}: frozen unit {} replaces nothing",
+            f.unit
+        );
     }
-    (rewritten.plan.frozen.iter().map(|f| f.unit.clone()).collect(), out)
+    (
+        rewritten
+            .plan
+            .frozen
+            .iter()
+            .map(|f| f.unit.clone())
+            .collect(),
+        out,
+    )
 }
 
 /// Rewritten with a=1, b=0 equals the original with prev weights copied in (tract, batch 2).
 fn assert_equivalent(rel: &str) {
     let loaded = load_model(&common::fixture(rel)).unwrap();
     for (a, b) in [(1.0, 0.0), (0.5, 0.5)] {
-        let opts = RewriteOptions { init_a: a, init_b: b, ..Default::default() };
+        let opts = RewriteOptions {
+            init_a: a,
+            init_b: b,
+            ..Default::default()
+        };
         let rewritten = rewrite(loaded.model.clone(), &opts).unwrap();
-        let reference = with_integrated_weights(&loaded.model, &rewritten.plan, a as f32, b as f32).unwrap();
+        let reference =
+            with_integrated_weights(&loaded.model, &rewritten.plan, a as f32, b as f32).unwrap();
         let diff = tract_max_diff(&rewritten.model, &reference, 2, 5).unwrap();
-        assert!(diff <= 1e-5, "{rel} ({a}/{b}): rewritten vs reference differ by {diff}");
+        assert!(
+            diff <= 1e-5,
+            "{rel} ({a}/{b}): rewritten vs reference differ by {diff}"
+        );
         let changed = tract_max_diff(&rewritten.model, &loaded.model, 2, 5).unwrap();
-        assert!(changed > 1e-6, "{rel} ({a}/{b}): the rewrite changed nothing");
+        assert!(
+            changed > 1e-6,
+            "{rel} ({a}/{b}): the rewrite changed nothing"
+        );
     }
 }
 
@@ -90,18 +122,32 @@ fn torchscript_training_mode_resnet() {
         .filter(|n| n.op_type() == "BatchNormalization")
         .flat_map(|n| n.input[3..5].iter().map(String::as_str))
         .collect();
-    let integrated: Vec<&str> = g.node.iter().filter(|n| n.name().ends_with("/rl_add")).flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let integrated: Vec<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.name().ends_with("/rl_add"))
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
     assert!(!integrated.is_empty());
-    assert!(integrated.iter().all(|v| !bn_stats.contains(v)), "a running statistic was replaced");
+    assert!(
+        integrated.iter().all(|v| !bn_stats.contains(v)),
+        "a running statistic was replaced"
+    );
     common::onnx_check(&[&out]);
 }
 
 #[test]
 fn external_data_stays_external() {
     let dir = tempfile::tempdir().unwrap();
-    let (frozen, out) = rewrite_fixture("exporters/resnet_torchscript_external/model.onnx", dir.path());
+    let (frozen, out) = rewrite_fixture(
+        "exporters/resnet_torchscript_external/model.onnx",
+        dir.path(),
+    );
     assert_eq!(frozen.len(), 1);
-    let data = out.with_file_name(format!("{}.data", out.file_name().unwrap().to_string_lossy()));
+    let data = out.with_file_name(format!(
+        "{}.data",
+        out.file_name().unwrap().to_string_lossy()
+    ));
     assert!(data.exists(), "{} missing", data.display());
     let reloaded = load_model(&out).unwrap();
     assert!(!reloaded.external.is_empty());

@@ -9,12 +9,22 @@ use rl_passes::pipeline::{rewrite, RewriteOptions};
 
 fn golden(name: &str, image_size: Option<usize>, unit: UnitKind, every: usize) {
     let model = common::zoo(name, image_size, Some(10));
-    let opts = RewriteOptions { unit, every, ..Default::default() };
+    let opts = RewriteOptions {
+        unit,
+        every,
+        ..Default::default()
+    };
     let rewritten = rewrite(model.clone(), &opts).unwrap();
     let stem = format!("{name}.{unit}.every{every}");
     let dir = common::repo().join("tests/golden");
-    common::assert_golden(&dir.join(format!("{stem}.diff.txt")), &diff_models(&model, &rewritten.model).to_string());
-    common::assert_golden(&dir.join(format!("{stem}.plan.json")), &format!("{}\n", rewritten.plan.to_json()));
+    common::assert_golden(
+        &dir.join(format!("{stem}.diff.txt")),
+        &diff_models(&model, &rewritten.model).to_string(),
+    );
+    common::assert_golden(
+        &dir.join(format!("{stem}.plan.json")),
+        &format!("{}\n", rewritten.plan.to_json()),
+    );
     // The rewritten model passes onnx.checker (full check) and runs in ONNX Runtime.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join(format!("{stem}.onnx"));

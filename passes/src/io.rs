@@ -20,10 +20,10 @@ use crate::tensor::{dtype_name, element_size};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is empty: expected an ONNX model (a serialized ModelProto)")]
     Empty { path: PathBuf },
@@ -49,12 +49,12 @@ pub enum IoError {
     },
     #[error("{path}: tensor '{tensor}' is stored externally but names no 'location'")]
     MissingLocation { path: PathBuf, tensor: String },
-    #[error("{path}: external data file '{file}' for tensor '{tensor}' cannot be read: {source}")]
+    #[error("{path}: external data file '{file}' for tensor '{tensor}' cannot be read: {error}")]
     ExternalFile {
         path: PathBuf,
         tensor: String,
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path}: tensor '{tensor}' reads bytes {offset}..{end} of '{file}', which has only {len} bytes; the \
@@ -75,10 +75,10 @@ pub enum IoError {
         key: String,
         value: String,
     },
-    #[error("cannot write {path}: {source}; check that the folder exists and is writable")]
+    #[error("cannot write {path}: {error}; check that the folder exists and is writable")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -99,6 +99,12 @@ pub struct LoadedModel {
 }
 
 fn map_file(path: &Path) -> std::io::Result<Bytes> {
+    if path.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is a folder, not a file",
+        ));
+    }
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     if len == 0 {
@@ -131,9 +137,9 @@ pub fn decode_model(bytes: Bytes, origin: &Path) -> Result<ModelProto, IoError> 
 
 /// Memory-maps and decodes `path`, resolving external data relative to the model's folder.
 pub fn load_model(path: &Path) -> Result<LoadedModel, IoError> {
-    let bytes = map_file(path).map_err(|source| IoError::Read {
+    let bytes = map_file(path).map_err(|error| IoError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mut model = decode_model(bytes, path)?;
     let base = path.parent().map(Path::to_owned).unwrap_or_default();
@@ -230,11 +236,11 @@ impl ExternalResolver<'_> {
         })?;
         let file = self.base.join(&location);
         if !self.files.contains_key(&file) {
-            let bytes = map_file(&file).map_err(|source| IoError::ExternalFile {
+            let bytes = map_file(&file).map_err(|error| IoError::ExternalFile {
                 path: self.model_path.to_owned(),
                 tensor: name.clone(),
                 file: file.clone(),
-                source,
+                error,
             })?;
             self.files.insert(file.clone(), bytes);
         }
@@ -312,6 +318,9 @@ pub struct SaveOptions {
     pub external: Vec<String>,
     /// Store every tensor of at least this many bytes externally as well.
     pub external_threshold: Option<usize>,
+    /// fsync the written files before renaming them into place, so they survive a power loss. The rename is
+    /// atomic either way: readers never see a half-written file.
+    pub durable: bool,
 }
 
 /// A model whose encoding would pass protobuf's 2 GB limit must keep its large tensors external.
@@ -328,6 +337,7 @@ impl SaveOptions {
         SaveOptions {
             external: loaded_external.keys().cloned().collect(),
             external_threshold,
+            durable: false,
         }
     }
 }
@@ -343,9 +353,9 @@ pub fn external_data_name(path: &Path) -> String {
 
 /// Writes `model` to `path` atomically. Tensors chosen by `opts` go to `<path>.data` (also atomically).
 pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<(), IoError> {
-    let werr = |source| IoError::Write {
+    let werr = |error| IoError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -370,9 +380,9 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
         owned = model.clone();
         let data_name = external_data_name(path);
         let data_path = dir.join(&data_name);
-        let data_err = |source| IoError::Write {
+        let data_err = |error| IoError::Write {
             path: data_path.clone(),
-            source,
+            error,
         };
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(werr)?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
@@ -399,21 +409,22 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
         });
         result.map_err(data_err)?;
         let tmp = out.into_inner().map_err(|e| data_err(e.into_error()))?;
-        tmp.as_file().sync_all().map_err(data_err)?;
+        finish(&tmp, opts.durable).map_err(data_err)?;
         tmp.persist(&data_path).map_err(|e| data_err(e.error))?;
         model_ref = &owned;
     }
-    write_atomically(path, |w| encode_streaming(model_ref, w))
+    write_atomically(path, opts.durable, |w| encode_streaming(model_ref, w))
 }
 
 /// Runs `write` against a temporary file in `path`'s folder and renames it to `path` once it succeeded.
 pub fn write_atomically(
     path: &Path,
+    durable: bool,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), IoError> {
-    let werr = |source| IoError::Write {
+    let werr = |error| IoError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -423,8 +434,23 @@ pub fn write_atomically(
     let mut out = BufWriter::with_capacity(1 << 20, tmp);
     write(&mut out).map_err(werr)?;
     let tmp = out.into_inner().map_err(|e| werr(e.into_error()))?;
-    tmp.as_file().sync_all().map_err(werr)?;
+    finish(&tmp, durable).map_err(werr)?;
     tmp.persist(path).map_err(|e| werr(e.error))?;
+    Ok(())
+}
+
+/// Gives a finished temporary file the permissions of an ordinary new file (temporary files are created
+/// private) and, when `durable`, flushes it to disk.
+fn finish(tmp: &tempfile::NamedTempFile, durable: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     Ok(())
 }
 

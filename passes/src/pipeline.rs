@@ -36,6 +36,8 @@ pub enum RewriteError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Pass(#[from] PassError),
+    #[error("{0}")]
+    Option(String),
 }
 
 pub struct Planned {
@@ -48,6 +50,13 @@ pub struct Planned {
 pub fn plan_model(model: ModelProto, opts: &RewriteOptions) -> Result<Planned, RewriteError> {
     if opts.every < 2 {
         return Err(PlanError::EveryTooSmall(opts.every).into());
+    }
+    for (flag, value) in [("--init-a", opts.init_a), ("--init-b", opts.init_b)] {
+        if !value.is_finite() {
+            return Err(RewriteError::Option(format!(
+                "{flag} must be a finite number (got {value})"
+            )));
+        }
     }
     let graph = Graph::lift(model)?;
     let analysis = discover_units(&graph, opts.unit);

@@ -240,9 +240,15 @@ fn compact_number_lists(json: &str) -> String {
         let after = &rest[open + 1..];
         match after.find(']') {
             Some(close)
-                if after[..close].chars().all(|c| c.is_ascii_digit() || c.is_whitespace() || ",-.".contains(c)) =>
+                if after[..close]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c.is_whitespace() || ",-.".contains(c)) =>
             {
-                let items: Vec<&str> = after[..close].split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                let items: Vec<&str> = after[..close]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 out.push('[');
                 out.push_str(&items.join(", "));
                 out.push(']');
@@ -282,7 +288,16 @@ mod tests {
         .unwrap();
         let analysis = crate::analysis::discover_units(&g, UnitKind::Block);
         for every in [0, 1] {
-            let err = make_plan(&g, &analysis, &PlanOptions { unit: UnitKind::Block, every, offset: 0 }).unwrap_err();
+            let err = make_plan(
+                &g,
+                &analysis,
+                &PlanOptions {
+                    unit: UnitKind::Block,
+                    every,
+                    offset: 0,
+                },
+            )
+            .unwrap_err();
             assert_eq!(err, PlanError::EveryTooSmall(every));
         }
     }

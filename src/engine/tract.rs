@@ -28,7 +28,8 @@ impl TractEngine {
         if let Some(g) = &mut model.graph {
             g.value_info.clear();
             for o in &mut g.output {
-                if let Some(Type::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+                if let Some(Type::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut())
+                {
                     t.shape = None;
                 }
             }

@@ -292,9 +292,17 @@ fn unit_name(g: &Graph, nodes: &[NodeIndex], params: &[UnitParam], index: usize)
     format!("unit{index}")
 }
 
-fn build_unit(g: &Graph, kind: UnitKind, index: usize, nodes: Vec<NodeIndex>, constants: &HashSet<String>) -> Unit {
+fn build_unit(
+    g: &Graph,
+    kind: UnitKind,
+    index: usize,
+    nodes: Vec<NodeIndex>,
+    constants: &HashSet<String>,
+) -> Unit {
     let params = param_uses(g, &nodes, constants);
-    let changes_shape = nodes.iter().any(|&n| node_changes_shape(g, n, &params, kind));
+    let changes_shape = nodes
+        .iter()
+        .any(|&n| node_changes_shape(g, n, &params, kind));
     let name = unit_name(g, &nodes, &params, index);
     let signature = signature(g, &nodes, constants);
     Unit {

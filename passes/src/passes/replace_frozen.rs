@@ -134,23 +134,40 @@ mod tests {
     }
 
     /// Four residual blocks `h = h + h·W_k`, block k reading its weight as `weights[k]`.
-    fn residual_chain(weights: [&str; 4], extra_nodes: Vec<NodeProto>, initializers: &[&str]) -> Graph {
+    fn residual_chain(
+        weights: [&str; 4],
+        extra_nodes: Vec<NodeProto>,
+        initializers: &[&str],
+    ) -> Graph {
         let mut nodes = extra_nodes;
         let mut h = "x".to_owned();
         for (k, w) in weights.iter().enumerate() {
-            let (m, out) = (format!("m{k}"), if k == 3 { "y".to_owned() } else { format!("h{k}") });
+            let (m, out) = (
+                format!("m{k}"),
+                if k == 3 {
+                    "y".to_owned()
+                } else {
+                    format!("h{k}")
+                },
+            );
             nodes.push(n("MatMul", &format!("block{k}.matmul"), &[&h, w], &m));
             nodes.push(n("Add", &format!("block{k}.add"), &[&h, &m], &out));
             h = out;
         }
-        let vi = |name: &str| ValueInfoProto { name: Some(name.into()), ..Default::default() };
+        let vi = |name: &str| ValueInfoProto {
+            name: Some(name.into()),
+            ..Default::default()
+        };
         let model = ModelProto {
             ir_version: Some(8),
             graph: Some(GraphProto {
                 node: nodes,
                 input: vec![vi("x")],
                 output: vec![vi("y")],
-                initializer: initializers.iter().map(|i| f32_tensor(i, &[4, 4], &[0.25; 16])).collect(),
+                initializer: initializers
+                    .iter()
+                    .map(|i| f32_tensor(i, &[4, 4], &[0.25; 16]))
+                    .collect(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -161,20 +178,48 @@ mod tests {
     #[test]
     fn identity_shared_constant_is_one_parameter_per_unit() {
         // Exporters de-duplicate equal constants: blocks 1 and 2 read one initializer through separate Identities.
-        let ids = vec![n("Identity", "dedup1", &["shared"], "w1"), n("Identity", "dedup2", &["shared"], "w2")];
+        let ids = vec![
+            n("Identity", "dedup1", &["shared"], "w1"),
+            n("Identity", "dedup2", &["shared"], "w2"),
+        ];
         let mut g = residual_chain(["w0", "w1", "w2", "w3"], ids, &["w0", "shared", "w3"]);
         let analysis = discover_units(&g, UnitKind::Block);
         assert_eq!(analysis.stages.iter().map(|s| s.units.len()).max(), Some(4));
         assert!(analysis.tied.is_empty(), "{:?}", analysis.tied);
-        let plan = make_plan(&g, &analysis, &PlanOptions { unit: UnitKind::Block, every: 2, offset: 0 }).unwrap();
+        let plan = make_plan(
+            &g,
+            &analysis,
+            &PlanOptions {
+                unit: UnitKind::Block,
+                every: 2,
+                offset: 0,
+            },
+        )
+        .unwrap();
         assert_eq!(plan.frozen.len(), 1);
         assert_eq!(plan.frozen[0].params[0].tensor, "w1");
-        assert_eq!((plan.frozen[0].params[0].prev.as_str(), plan.frozen[0].params[0].next.as_str()), ("w0", "w2"));
+        assert_eq!(
+            (
+                plan.frozen[0].params[0].prev.as_str(),
+                plan.frozen[0].params[0].next.as_str()
+            ),
+            ("w0", "w2")
+        );
         // The shared initializer stays (block 2 still reads it): nothing is removed from the count.
         assert_eq!(plan.params_after, plan.params_before + 2);
-        ReplaceFrozenUnits { plan, init_a: 0.5, init_b: 0.5 }.run(&mut g).unwrap();
+        ReplaceFrozenUnits {
+            plan,
+            init_a: 0.5,
+            init_b: 0.5,
+        }
+        .run(&mut g)
+        .unwrap();
         let producer = g.producer_node("w1").map(|i| g.dag[i].op_type().to_owned());
-        assert_eq!(producer.as_deref(), Some("Add"), "w1 is now made by the integration subgraph");
+        assert_eq!(
+            producer.as_deref(),
+            Some("Add"),
+            "w1 is now made by the integration subgraph"
+        );
         assert!(g.initializers.contains_key("shared"));
         assert!(g.dag.node_weights().any(|n| n.name() == "dedup2"));
         assert!(!g.dag.node_weights().any(|n| n.name() == "dedup1"));
@@ -183,26 +228,66 @@ mod tests {
 
     #[test]
     fn value_read_directly_by_two_units_is_tied_and_never_replaced() {
-        let g = residual_chain(["w0", "tied", "tied", "w3"], Vec::new(), &["w0", "tied", "w3"]);
+        let g = residual_chain(
+            ["w0", "tied", "tied", "w3"],
+            Vec::new(),
+            &["w0", "tied", "w3"],
+        );
         let analysis = discover_units(&g, UnitKind::Block);
         assert_eq!(analysis.tied.len(), 1);
         assert_eq!(analysis.tied[0].tensor, "tied");
         assert_eq!(analysis.tied[0].units.len(), 2);
-        let err = make_plan(&g, &analysis, &PlanOptions { unit: UnitKind::Block, every: 2, offset: 0 }).unwrap_err();
+        let err = make_plan(
+            &g,
+            &analysis,
+            &PlanOptions {
+                unit: UnitKind::Block,
+                every: 2,
+                offset: 0,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, PlanError::NothingFreezable { .. }));
     }
 
     #[test]
     fn replaced_initializer_is_removed_and_the_plan_stored() {
-        let mut g = residual_chain(["w0", "w1", "w2", "w3"], Vec::new(), &["w0", "w1", "w2", "w3"]);
+        let mut g = residual_chain(
+            ["w0", "w1", "w2", "w3"],
+            Vec::new(),
+            &["w0", "w1", "w2", "w3"],
+        );
         let analysis = discover_units(&g, UnitKind::Block);
-        let plan = make_plan(&g, &analysis, &PlanOptions { unit: UnitKind::Block, every: 2, offset: 0 }).unwrap();
+        let plan = make_plan(
+            &g,
+            &analysis,
+            &PlanOptions {
+                unit: UnitKind::Block,
+                every: 2,
+                offset: 0,
+            },
+        )
+        .unwrap();
         assert_eq!(plan.params_before, 64);
         assert_eq!(plan.params_after, 64 - 16 + 2);
-        ReplaceFrozenUnits { plan, init_a: 1.0, init_b: 0.0 }.run(&mut g).unwrap();
+        ReplaceFrozenUnits {
+            plan,
+            init_a: 1.0,
+            init_b: 0.0,
+        }
+        .run(&mut g)
+        .unwrap();
         assert!(!g.initializers.contains_key("w1"));
         assert!(g.model.metadata_props.iter().any(|e| e.key() == PLAN_KEY));
-        let ops: Vec<String> = g.lower().unwrap().graph.unwrap().node.iter().map(|n| n.op_type().to_owned()).collect();
+        let ops: Vec<String> = g
+            .lower()
+            .unwrap()
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type().to_owned())
+            .collect();
         assert_eq!(ops.iter().filter(|o| *o == "Mul").count(), 2);
     }
 }
