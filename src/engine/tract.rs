@@ -81,6 +81,10 @@ impl Engine for TractEngine {
         "tract"
     }
 
+    fn provider(&self) -> String {
+        "tract (CPU)".to_owned()
+    }
+
     fn run(
         &self,
         inputs: &[(String, HostTensor)],
