@@ -3,5 +3,6 @@
 pub mod commands;
 pub mod engine;
 pub mod inputs;
+pub mod npy;
 pub mod reference;
 pub mod report;

@@ -38,7 +38,11 @@ pub enum EngineError {
 
 /// Something that runs a model on named float inputs and returns its outputs in graph order.
 pub trait Engine {
+    /// `tract` or `ort`.
     fn name(&self) -> &'static str;
+    /// What actually executed the nodes, as measured (e.g. `tract (CPU)`, `CUDAExecutionProvider: 95 nodes,
+    /// CPUExecutionProvider: 3 nodes`); never an assumption from the configuration.
+    fn provider(&self) -> String;
     fn run(
         &self,
         inputs: &[(String, HostTensor)],
