@@ -117,7 +117,7 @@ mod tests {
         // numpy.save(f, numpy.arange(3, dtype=numpy.int64)) header
         let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
         let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }";
-        let padded = format!("{header}{}\n", " ".repeat(64 - 10 - header.len() - 1));
+        let padded = format!("{header}{}\n", " ".repeat((64 - (10 + header.len() + 1) % 64) % 64));
         bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
         bytes.extend_from_slice(padded.as_bytes());
         for v in 0i64..3 {
