@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need — a Python environment with onnx and onnxruntime==1.31.1
-# (scripts/requirements-test.txt) for the onnx.checker and ONNX Runtime checks — then runs every cargo test.
+# (scripts/requirements-test.txt) for the onnx.checker and ONNX Runtime checks, and libonnxruntime in .ort/
+# (scripts/setup-ort.sh) for the ONNX Runtime engine — then runs every cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +12,17 @@ if ! "$venv/bin/python" -c 'import onnx, onnxruntime' >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 export RL_PYTHON="$venv/bin/python"
+# The ONNX Runtime library for the engine tests (tests/ort_engine.rs): .ort/ from scripts/setup-ort.sh, unless
+# ORT_DYLIB_PATH or RL_ORT_DIR already names one. Under CI a failed set-up fails; locally the tests then fall back to
+# the onnxruntime package of $RL_PYTHON.
+if [[ -z "${ORT_DYLIB_PATH:-}" && -z "${RL_ORT_DIR:-}" ]]; then
+    if ! compgen -G ".ort/libonnxruntime.so*" >/dev/null && ! bash scripts/setup-ort.sh; then
+        [[ -z "${CI:-}" ]] || exit 1
+        echo "warning: scripts/setup-ort.sh failed; the ONNX Runtime engine tests look for the library elsewhere" >&2
+    fi
+    if compgen -G ".ort/libonnxruntime.so*" >/dev/null; then
+        export RL_ORT_DIR="$PWD/.ort"
+    fi
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rl-rewrite-target}"
 cargo test --workspace "$@"

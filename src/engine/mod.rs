@@ -1,6 +1,19 @@
-//! Engines that execute ONNX models: the embedded pure-Rust tract engine.
+//! Engines that execute ONNX models: ONNX Runtime (loaded at run time) and the embedded pure-Rust tract engine.
 
+pub mod ort;
 pub mod tract;
+
+/// Where ONNX Runtime runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Device {
+    /// CUDA when it works here, else the CPU (with one warning line on stderr).
+    #[default]
+    Auto,
+    /// The CPU execution provider only.
+    Cpu,
+    /// The CUDA execution provider; an error when it cannot be used.
+    Cuda,
+}
 
 /// A dense float32 tensor on the host.
 #[derive(Debug, Clone, PartialEq)]
