@@ -3,6 +3,8 @@
 pub mod commands;
 pub mod data;
 pub mod engine;
+pub mod evaluate;
+pub mod execute;
 pub mod inputs;
 pub mod npy;
 pub mod reference;

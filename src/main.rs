@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rl_passes::analysis::units::UnitKind;
 use rl_passes::pipeline::RewriteOptions;
-use rl_rewrite::commands;
+use rl_rewrite::data::{DataSpec, Normalization};
+use rl_rewrite::engine::select::EngineChoice;
+use rl_rewrite::engine::Device;
+use rl_rewrite::execute::EngineOptions;
+use rl_rewrite::{commands, evaluate, execute};
 
 /// Rewrites an ONNX model for Replacement Learning: every K-th repeated unit (block or layer) is frozen and its
 /// parameters replaced by θ_l = a_l·θ_{l-1} + b_l·θ_{l+1}, with two learnable scalars per frozen unit.
@@ -128,12 +132,88 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 0)]
         seed: u64,
     },
+    /// Top-1/top-5 accuracy and speed of a classifier on a dataset's test split.
+    Eval {
+        model: PathBuf,
+        /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
+        #[arg(long, value_name = "SPEC")]
+        data: DataSpec,
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Images per batch (the last batch is padded).
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        batch: usize,
+        /// Evaluate only the first N test images.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Override the dataset's standard normalisation: per-channel means and stds, e.g. 0.5,0.5,0.5/0.25,0.25,0.25.
+        #[arg(long, value_name = "MEAN/STD")]
+        normalize: Option<Normalization>,
+        /// Print JSON instead of text (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model once and write each output as .npy; prints shapes and summary statistics.
+    Run {
+        model: PathBuf,
+        /// Feed input NAME from a .npy file (float32, float64, int32 or int64); other inputs are random.
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Seed of the random inputs.
+        #[arg(long, value_name = "SEED", default_value_t = 0)]
+        random: u64,
+        /// Folder for the outputs (one NAME.npy each); without it nothing is written.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Value of symbolic dimensions (the batch) in random inputs.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        batch: usize,
+    },
+    /// Run two models on the same seeded inputs and compare their outputs. Exit code 0 when every output is
+    /// within tolerance (|a − b| ≤ tol·(1 + |b|)), 1 when not, 2 on error.
+    Check {
+        a: PathBuf,
+        b: PathBuf,
+        /// Seed of the random inputs.
+        #[arg(long, value_name = "SEED", default_value_t = 0)]
+        random: u64,
+        /// Tolerance.
+        #[arg(long, value_name = "T", default_value_t = 1e-5)]
+        tol: f32,
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Value of symbolic dimensions (the batch) in the inputs.
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        batch: usize,
+    },
     /// Build resnet32, rewrite it with --every 2, print plan and diff, and check equivalence with tract.
     Demo {
         /// Folder for the demo's files.
         #[arg(long, value_name = "DIR", default_value = "rl-demo")]
         out: PathBuf,
     },
+}
+
+#[derive(Args, Clone, Copy)]
+struct EngineArgs {
+    /// Which engine runs the model.
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: EngineChoice,
+    /// Where ONNX Runtime runs it (tract runs on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+}
+
+impl EngineArgs {
+    fn with_batch(self, batch: usize) -> EngineOptions {
+        EngineOptions {
+            engine: self.engine,
+            device: self.device,
+            batch,
+        }
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -158,6 +238,45 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             seed,
         }),
         Some(Command::Demo { out }) => commands::demo_command(&out),
+        Some(Command::Eval {
+            model,
+            data,
+            engine,
+            batch,
+            limit,
+            normalize,
+            json,
+        }) => evaluate::eval_command(&evaluate::EvalRequest {
+            model: &model,
+            data: &data,
+            batch,
+            limit,
+            normalization: normalize,
+            engine: engine.with_batch(batch),
+            json,
+        }),
+        Some(Command::Run {
+            model,
+            inputs,
+            random,
+            output,
+            engine,
+            batch,
+        }) => execute::run_command(
+            &model,
+            &inputs,
+            random,
+            output.as_deref(),
+            &engine.with_batch(batch),
+        ),
+        Some(Command::Check {
+            a,
+            b,
+            random,
+            tol,
+            engine,
+            batch,
+        }) => execute::check_command(&a, &b, random, tol, &engine.with_batch(batch)),
         None => {
             let r = cli.rewrite;
             let model = r.model.expect("clap requires MODEL");

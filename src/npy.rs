@@ -18,7 +18,14 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 pub fn to_npy(t: &HostTensor) -> Vec<u8> {
     let shape = match t.shape.len() {
         1 => format!("({},)", t.shape[0]),
-        _ => format!("({})", t.shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            t.shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     // Magic (6) + version (2) + length (2) + header + newline is padded to a multiple of 64.
@@ -39,15 +46,25 @@ pub fn to_npy(t: &HostTensor) -> Vec<u8> {
 fn field<'h>(header: &'h str, key: &str) -> Option<&'h str> {
     let start = header.find(&format!("'{key}'"))? + key.len() + 2;
     let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
-    let end = if rest.starts_with('(') { rest.find(')')? + 1 } else { rest.find([',', '}'])? };
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
     Some(rest[..end].trim())
 }
 
 /// Reads a C-ordered `.npy` array of float32, float64, int64 or int32, converted to float32.
 pub fn read_npy(path: &Path) -> Result<HostTensor, NpyError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|error| NpyError::Read { path: name.clone(), error })?;
-    parse_npy(&bytes).map_err(|message| NpyError::Format { path: name, message })
+    let bytes = std::fs::read(path).map_err(|error| NpyError::Read {
+        path: name.clone(),
+        error,
+    })?;
+    parse_npy(&bytes).map_err(|message| NpyError::Format {
+        path: name,
+        message,
+    })
 }
 
 pub fn parse_npy(bytes: &[u8]) -> Result<HostTensor, String> {
@@ -56,16 +73,28 @@ pub fn parse_npy(bytes: &[u8]) -> Result<HostTensor, String> {
     }
     let (header_len, header_start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
     let header = bytes
         .get(header_start..header_start + header_len)
-        .ok_or_else(|| format!("header runs past the end of the file ({} bytes)", bytes.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "header runs past the end of the file ({} bytes)",
+                bytes.len()
+            )
+        })?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text".to_string())?;
-    let descr = field(header, "descr").ok_or("header has no 'descr'")?.trim_matches(['\'', '"']);
+    let descr = field(header, "descr")
+        .ok_or("header has no 'descr'")?
+        .trim_matches(['\'', '"']);
     if field(header, "fortran_order") != Some("False") {
-        return Err("Fortran-ordered arrays are not supported; save with numpy.ascontiguousarray".into());
+        return Err(
+            "Fortran-ordered arrays are not supported; save with numpy.ascontiguousarray".into(),
+        );
     }
     let shape_text = field(header, "shape").ok_or("header has no 'shape'")?;
     let shape: Vec<usize> = shape_text
@@ -80,10 +109,18 @@ pub fn parse_npy(bytes: &[u8]) -> Result<HostTensor, String> {
     let size = match descr {
         "<f4" | "<i4" => 4,
         "<f8" | "<i8" => 8,
-        other => return Err(format!("dtype {other} is not supported (use float32, float64, int32 or int64)")),
+        other => {
+            return Err(format!(
+                "dtype {other} is not supported (use float32, float64, int32 or int64)"
+            ))
+        }
     };
     if payload.len() < n * size {
-        return Err(format!("holds {} bytes of data, but shape {shape_text} of {descr} needs {}", payload.len(), n * size));
+        return Err(format!(
+            "holds {} bytes of data, but shape {shape_text} of {descr} needs {}",
+            payload.len(),
+            n * size
+        ));
     }
     let data = payload[..n * size]
         .chunks_exact(size)
@@ -103,12 +140,18 @@ mod tests {
 
     #[test]
     fn round_trip_and_alignment() {
-        let t = HostTensor { shape: vec![2, 3], data: vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.5] };
+        let t = HostTensor {
+            shape: vec![2, 3],
+            data: vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.5],
+        };
         let bytes = to_npy(&t);
         let header_end = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!(header_end % 64, 0);
         assert_eq!(parse_npy(&bytes).unwrap(), t);
-        let v = HostTensor { shape: vec![4], data: vec![1.0; 4] };
+        let v = HostTensor {
+            shape: vec![4],
+            data: vec![1.0; 4],
+        };
         assert_eq!(parse_npy(&to_npy(&v)).unwrap(), v);
     }
 
@@ -117,19 +160,31 @@ mod tests {
         // numpy.save(f, numpy.arange(3, dtype=numpy.int64)) header
         let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
         let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }";
-        let padded = format!("{header}{}\n", " ".repeat((64 - (10 + header.len() + 1) % 64) % 64));
+        let padded = format!(
+            "{header}{}\n",
+            " ".repeat((64 - (10 + header.len() + 1) % 64) % 64)
+        );
         bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
         bytes.extend_from_slice(padded.as_bytes());
         for v in 0i64..3 {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        assert_eq!(parse_npy(&bytes).unwrap(), HostTensor { shape: vec![3], data: vec![0.0, 1.0, 2.0] });
+        assert_eq!(
+            parse_npy(&bytes).unwrap(),
+            HostTensor {
+                shape: vec![3],
+                data: vec![0.0, 1.0, 2.0]
+            }
+        );
     }
 
     #[test]
     fn bad_files_are_explained() {
         assert!(parse_npy(b"hello").unwrap_err().contains("bad magic"));
-        let mut t = to_npy(&HostTensor { shape: vec![4], data: vec![0.0; 4] });
+        let mut t = to_npy(&HostTensor {
+            shape: vec![4],
+            data: vec![0.0; 4],
+        });
         t.truncate(t.len() - 4);
         assert!(parse_npy(&t).unwrap_err().contains("needs 16"));
     }

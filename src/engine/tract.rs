@@ -57,12 +57,12 @@ impl TractEngine {
                 .map_err(prep)?;
             input_names.push(name.clone());
         }
-        let output_names = m
-            .output_outlets()
-            .map_err(prep)?
-            .iter()
-            .map(|o| m.node(o.node).name.clone())
-            .collect();
+        // tract names outlets after their nodes; the graph's own output names are what callers know.
+        let output_names: Vec<String> = model
+            .graph
+            .as_ref()
+            .map(|g| g.output.iter().map(|o| o.name().to_owned()).collect())
+            .unwrap_or_default();
         let plan = m
             .into_optimized()
             .map_err(prep)?

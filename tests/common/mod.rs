@@ -77,3 +77,15 @@ pub fn onnx_check(models: &[&Path]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Whether libonnxruntime can be found. Under CI a missing library is a failure, never a skip.
+pub fn ort_available() -> bool {
+    match rl_rewrite::engine::ort::find_library() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_some() => panic!("ONNX Runtime is required in CI: {e}"),
+        Err(e) => {
+            eprintln!("note: skipping the ONNX Runtime part: {e}");
+            false
+        }
+    }
+}
