@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
+use ort::logging::LogLevel;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
@@ -330,7 +331,7 @@ impl OrtEngine {
                     .map_err(|e| prepare_error(format!("CUDA was requested, but {e}")))?;
                 (s, p, Device::Cuda)
             }
-            Device::Auto => match Self::session(rt, &bytes, options, true) {
+            Device::Auto => match Self::quietly(rt, || Self::session(rt, &bytes, options, true)) {
                 Ok((s, p)) => (s, p, Device::Cuda),
                 Err(e) => {
                     let e = e.replace('\n', " ");
@@ -358,6 +359,20 @@ impl OrtEngine {
         };
         engine.placement = engine.measure_placement(&profile)?;
         Ok(engine)
+    }
+
+    /// Runs `f` with ORT's own logging at Fatal (unless `ORT_LOG` asks for a level), so that a failed CUDA attempt
+    /// under `Device::Auto` leaves only our one warning line on stderr. The level is process-wide: a session being
+    /// created on another thread meanwhile logs less.
+    fn quietly<T>(rt: &Runtime, f: impl FnOnce() -> T) -> T {
+        if std::env::var_os("ORT_LOG").is_some() {
+            return f();
+        }
+        rt.env.set_log_level(LogLevel::Fatal);
+        let result = f();
+        // ort's default level when ORT_LOG is not set.
+        rt.env.set_log_level(LogLevel::Error);
+        result
     }
 
     /// A session profiling its runs into `<prefix>_<time>.json`: `(session, prefix)`. `cuda` registers the CUDA
