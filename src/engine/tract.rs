@@ -12,12 +12,26 @@ pub struct TractEngine {
     output_names: Vec<String>,
 }
 
+/// Runs tract's matrix products on all cores, once per process.
+fn use_all_cores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads > 1 {
+            tract_linalg::multithread::set_default_executor(
+                tract_linalg::multithread::Executor::multithread(threads),
+            );
+        }
+    });
+}
+
 impl TractEngine {
     /// Prepares `model` for inputs of the given shapes (in graph-input order, data inputs only).
     pub fn new(
         model: &ModelProto,
         input_shapes: &[(String, Vec<usize>)],
     ) -> Result<TractEngine, EngineError> {
+        use_all_cores();
         let prep = |e: TractError| EngineError::Prepare {
             engine: "tract",
             message: format!("{e:#}"),
