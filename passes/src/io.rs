@@ -351,16 +351,11 @@ pub fn external_data_name(path: &Path) -> String {
     format!("{stem}.data")
 }
 
+/// External payloads start on page boundaries, as the reference implementation's writer lays them out.
+const EXTERNAL_ALIGNMENT: u64 = 4096;
+
 /// Writes `model` to `path` atomically. Tensors chosen by `opts` go to `<path>.data` (also atomically).
 pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<(), IoError> {
-    let werr = |error| IoError::Write {
-        path: path.to_owned(),
-        error,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
     let wanted: std::collections::HashSet<&str> =
         opts.external.iter().map(String::as_str).collect();
     let is_external = |t: &TensorProto| {
@@ -368,52 +363,46 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
             wanted.contains(t.name()) || opts.external_threshold.is_some_and(|min| d.len() >= min)
         })
     };
-    let mut any_external = false;
-    let mut model_ref = model;
-    let mut owned;
-    // Only clone the (zero-copy) message when some tensor must move out of it.
-    {
-        let mut probe = model.clone();
-        for_each_tensor_mut(&mut probe, &mut |t| any_external |= is_external(t));
-    }
-    if any_external {
-        owned = model.clone();
-        let data_name = external_data_name(path);
-        let data_path = dir.join(&data_name);
-        let data_err = |error| IoError::Write {
-            path: data_path.clone(),
-            error,
-        };
-        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(werr)?;
-        let mut out = BufWriter::with_capacity(1 << 20, tmp);
-        let mut offset = 0u64;
-        let mut result = Ok(());
-        for_each_tensor_mut(&mut owned, &mut |t| {
-            if result.is_err() || !is_external(t) {
-                return;
+    // Cloning is cheap: tensor payloads are shared `Bytes`, not copied.
+    let mut model = model.clone();
+    let data_name = external_data_name(path);
+    let mut payloads = Vec::new();
+    let mut end = 0u64;
+    for_each_tensor_mut(&mut model, &mut |t| {
+        if !is_external(t) {
+            return;
+        }
+        let data = t.raw_data.take().unwrap_or_default();
+        let offset = end.next_multiple_of(EXTERNAL_ALIGNMENT);
+        end = offset + data.len() as u64;
+        t.data_location = Some(DataLocation::External as i32);
+        t.external_data = vec![
+            StringStringEntryProto::new("location", data_name.clone()),
+            StringStringEntryProto::new("offset", offset.to_string()),
+            StringStringEntryProto::new("length", data.len().to_string()),
+        ];
+        payloads.push((offset, data));
+    });
+    if !payloads.is_empty() {
+        write_atomically(&parent_dir(path).join(&data_name), opts.durable, |w| {
+            let mut written = 0u64;
+            for (offset, data) in &payloads {
+                w.write_all(&vec![0u8; (offset - written) as usize])?;
+                w.write_all(data)?;
+                written = offset + data.len() as u64;
             }
-            let data = t.raw_data.take().unwrap_or_default();
-            // Keep payloads page-aligned like the reference implementation's writer does.
-            let pad = (4096 - offset % 4096) % 4096;
-            result = out
-                .write_all(&vec![0u8; pad as usize])
-                .and_then(|()| out.write_all(&data));
-            offset += pad;
-            t.data_location = Some(DataLocation::External as i32);
-            t.external_data = vec![
-                StringStringEntryProto::new("location", data_name.clone()),
-                StringStringEntryProto::new("offset", offset.to_string()),
-                StringStringEntryProto::new("length", data.len().to_string()),
-            ];
-            offset += data.len() as u64;
-        });
-        result.map_err(data_err)?;
-        let tmp = out.into_inner().map_err(|e| data_err(e.into_error()))?;
-        finish(&tmp, opts.durable).map_err(data_err)?;
-        tmp.persist(&data_path).map_err(|e| data_err(e.error))?;
-        model_ref = &owned;
+            Ok(())
+        })?;
     }
-    write_atomically(path, opts.durable, |w| encode_streaming(model_ref, w))
+    write_atomically(path, opts.durable, |w| encode_streaming(&model, w))
+}
+
+/// The folder a file is written in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Runs `write` against a temporary file in `path`'s folder and renames it to `path` once it succeeded.
@@ -426,11 +415,7 @@ pub fn write_atomically(
         path: path.to_owned(),
         error,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(werr)?;
+    let tmp = tempfile::NamedTempFile::new_in(parent_dir(path)).map_err(werr)?;
     let mut out = BufWriter::with_capacity(1 << 20, tmp);
     write(&mut out).map_err(werr)?;
     let tmp = out.into_inner().map_err(|e| werr(e.into_error()))?;

@@ -11,7 +11,6 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use indexmap::IndexMap;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
-use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use crate::onnx::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
@@ -300,25 +299,19 @@ impl Graph {
 
     /// Node predecessors through data edges (explicit and implicit), deduplicated.
     pub fn predecessors(&self, index: NodeIndex) -> Vec<NodeIndex> {
-        let mut p: Vec<NodeIndex> = self
-            .dag
-            .edges_directed(index, Direction::Incoming)
-            .map(|e| e.source())
-            .collect();
-        p.sort();
-        p.dedup();
-        p
+        self.neighbours(index, Direction::Incoming)
     }
 
+    /// Node successors through data edges, deduplicated.
     pub fn successors(&self, index: NodeIndex) -> Vec<NodeIndex> {
-        let mut s: Vec<NodeIndex> = self
-            .dag
-            .edges_directed(index, Direction::Outgoing)
-            .map(|e| e.target())
-            .collect();
-        s.sort();
-        s.dedup();
-        s
+        self.neighbours(index, Direction::Outgoing)
+    }
+
+    fn neighbours(&self, index: NodeIndex, direction: Direction) -> Vec<NodeIndex> {
+        let mut n: Vec<NodeIndex> = self.dag.neighbors_directed(index, direction).collect();
+        n.sort();
+        n.dedup();
+        n
     }
 
     /// Topological order, ties broken by insertion order (deterministic).
