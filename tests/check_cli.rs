@@ -180,3 +180,40 @@ fn cuda_without_a_gpu_is_a_clear_error_and_auto_falls_back_with_one_warning() {
     assert!(err.starts_with("warning:"), "{err}");
     assert!(String::from_utf8_lossy(&auto.stdout).contains("CPUExecutionProvider"));
 }
+
+#[test]
+fn eval_names_both_shapes_when_data_and_model_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    assert!(cli(&["zoo", "resnet20", "-o", s(&model)]).status.success());
+    let mnist = format!(
+        "mnist:{}",
+        common::repo().join("../shared/data/mnist").display()
+    );
+    let out = cli(&["eval", s(&model), "--data", &mnist, "--engine", "tract"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("1×28×28") && err.contains("3×32×32"), "{err}");
+    // And a matching synthetic set evaluates, reporting engine, provider and speed.
+    let ok = cli(&[
+        "eval",
+        s(&model),
+        "--data",
+        "synthetic:64:3x32x32:10",
+        "--batch",
+        "16",
+        "--engine",
+        "tract",
+    ]);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        text.contains("64 images") && text.contains("top-1") && text.contains("images/s"),
+        "{text}"
+    );
+    assert!(text.contains("tract (CPU)"), "{text}");
+}
