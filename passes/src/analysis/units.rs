@@ -270,11 +270,15 @@ fn common_prefix(names: &[&str]) -> String {
     }
 }
 
+/// A unit is named after what its parameters share (`layer1.2`), else its nodes (`/layer1/layer1.2`), else
+/// its position. Generated tensor names (`onnx::MatMul_123`, dynamo's `val_7` for transposed weights) carry no
+/// module path and are left out.
 fn unit_name(g: &Graph, nodes: &[NodeIndex], params: &[UnitParam], index: usize) -> String {
     let roots: Vec<&str> = params
         .iter()
         .filter(|p| p.role == ParamRole::Learnable)
         .map(|p| p.param.root.as_str())
+        .filter(|name| name.contains('.') && !name.starts_with("onnx::"))
         .collect();
     let by_params = common_prefix(&roots);
     if !by_params.is_empty() && !by_params.starts_with("onnx::") {
