@@ -1,6 +1,7 @@
 //! ONNX schema, graph IR, analyses and rewrite passes for Replacement Learning.
 
 pub mod analysis;
+pub mod autodiff;
 pub mod diff;
 pub mod io;
 pub mod ir;

@@ -3,6 +3,7 @@
 pub mod constants;
 pub mod params;
 pub mod segments;
+pub mod shapes;
 pub mod signature;
 pub mod units;
 

@@ -1,0 +1,43 @@
+//! Activations: Relu, Sigmoid, Tanh, Erf.
+
+use crate::autodiff::{GradCtx, RuleArgs};
+
+type Grads = Result<Vec<Option<String>>, String>;
+
+/// dX = dY where X > 0, else 0.
+pub fn relu(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let zero = ctx.scalar(a.in_type(0)?.dtype, 0.0);
+    let mask = ctx.op("Greater", &[a.input(0), &zero], vec![]);
+    let g = ctx.op("Where", &[&mask, a.dy0()?, &zero], vec![]);
+    Ok(vec![Some(g)])
+}
+
+/// dX = dY·Y·(1 − Y).
+pub fn sigmoid(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let one = ctx.scalar(a.in_type(0)?.dtype, 1.0);
+    let c = ctx.op("Sub", &[&one, a.output(0)], vec![]);
+    let d = ctx.op("Mul", &[a.output(0), &c], vec![]);
+    let g = ctx.op("Mul", &[a.dy0()?, &d], vec![]);
+    Ok(vec![Some(g)])
+}
+
+/// dX = dY·(1 − Y²).
+pub fn tanh(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let one = ctx.scalar(a.in_type(0)?.dtype, 1.0);
+    let sq = ctx.op("Mul", &[a.output(0), a.output(0)], vec![]);
+    let d = ctx.op("Sub", &[&one, &sq], vec![]);
+    let g = ctx.op("Mul", &[a.dy0()?, &d], vec![]);
+    Ok(vec![Some(g)])
+}
+
+/// dX = dY·(2/√π)·exp(−X²).
+pub fn erf(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let dtype = a.in_type(0)?.dtype;
+    let k = ctx.scalar(dtype, std::f64::consts::FRAC_2_SQRT_PI);
+    let sq = ctx.op("Mul", &[a.input(0), a.input(0)], vec![]);
+    let n = ctx.op("Neg", &[&sq], vec![]);
+    let e = ctx.op("Exp", &[&n], vec![]);
+    let d = ctx.op("Mul", &[&e, &k], vec![]);
+    let g = ctx.op("Mul", &[a.dy0()?, &d], vec![]);
+    Ok(vec![Some(g)])
+}
