@@ -95,6 +95,7 @@ struct RewriteArgs {
 enum Command {
     /// Show opsets, inputs/outputs, op histogram, parameters, and the stages and units found.
     Inspect {
+        /// The ONNX model to inspect.
         model: PathBuf,
         /// What a unit is.
         #[arg(long, value_enum, default_value = "block")]
@@ -106,7 +107,9 @@ enum Command {
     /// Semantic diff of two models (nodes, initializers, inputs/outputs, opsets, metadata). Exit code 0 when
     /// equal, 1 when different, 2 on error.
     Diff {
+        /// The first model (before).
         a: PathBuf,
+        /// The second model (after).
         b: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -114,7 +117,8 @@ enum Command {
     },
     /// Build a model of the zoo: resnet20/32/44/56/110 (CIFAR), resnet18/34/50/101/152, vit-ti/s/b/l.
     Zoo {
-        /// Model name.
+        /// Model name: resnet20, resnet32, resnet44, resnet56, resnet110, resnet18, resnet34, resnet50, resnet101,
+        /// resnet152, vit-ti, vit-s, vit-b or vit-l.
         name: String,
         /// Output file.
         #[arg(short, long, value_name = "FILE")]
@@ -134,6 +138,7 @@ enum Command {
     },
     /// Top-1/top-5 accuracy and speed of a classifier on a dataset's test split.
     Eval {
+        /// The classifier to evaluate: one image input [N, C, H, W], logits [N, classes] as first output.
         model: PathBuf,
         /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
         #[arg(long, value_name = "SPEC")]
@@ -155,6 +160,7 @@ enum Command {
     },
     /// Run a model once and write each output as .npy; prints shapes and summary statistics.
     Run {
+        /// The ONNX model to run.
         model: PathBuf,
         /// Feed input NAME from a .npy file (float32, float64, int32 or int64); other inputs are random.
         #[arg(long = "input", value_name = "NAME=FILE.npy")]
@@ -174,7 +180,9 @@ enum Command {
     /// Run two models on the same seeded inputs and compare their outputs. Exit code 0 when every output is
     /// within tolerance (|a − b| ≤ tol·(1 + |b|)), 1 when not, 2 on error.
     Check {
+        /// The first model.
         a: PathBuf,
+        /// The second model (taking the same inputs).
         b: PathBuf,
         /// Seed of the random inputs.
         #[arg(long, value_name = "SEED", default_value_t = 0)]
