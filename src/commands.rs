@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rl_passes::analysis::units::{discover_units, UnitKind};
 use rl_passes::diff::diff_models;
 use rl_passes::io::{load_model, save_model, write_atomically, SaveOptions};
@@ -144,18 +144,8 @@ pub fn tract_max_diff(
     let ea = TractEngine::new(a, &shapes)?;
     let eb = TractEngine::new(b, &shapes)?;
     let (oa, ob) = (ea.run(&inputs)?, eb.run(&inputs)?);
-    let mut worst = 0.0f32;
-    for ((name, x), (_, y)) in oa.iter().zip(&ob) {
-        let Some(d) = x.max_abs_diff(y) else {
-            bail!(
-                "output '{name}' has shape {:?} in one model and {:?} in the other",
-                x.shape,
-                y.shape
-            )
-        };
-        worst = worst.max(d);
-    }
-    Ok(worst)
+    let per_output = crate::execute::compare(&oa, &ob, 0.0)?;
+    Ok(per_output.iter().map(|c| c.max_abs).fold(0.0, f32::max))
 }
 
 pub fn demo_command(out_dir: &Path) -> Result<i32> {
