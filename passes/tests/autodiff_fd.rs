@@ -812,3 +812,146 @@ fn missing_rule_names_the_node() {
     );
     let _ = A::S("unused");
 }
+
+/// A Conv case: X [N, C, S…], W [M, C/group, k…], optional bias.
+fn conv_case(
+    name: &str,
+    x: &[usize],
+    w: &[usize],
+    bias: bool,
+    attrs: Vec<(&'static str, A)>,
+) -> Case {
+    let mut c = Case::new(format!("conv {name} x{x:?} w{w:?}"), "y")
+        .input("x", x)
+        .input("w", w);
+    let mut ins = vec!["x", "w"];
+    if bias {
+        c = c.input("b", &[w[0]]);
+        ins.push("b");
+    }
+    c.node(node("Conv", &ins, &["y"], attrs))
+}
+
+#[test]
+fn conv_2d_strides_pads_dilations_groups() {
+    let cases: Vec<Case> = vec![
+        conv_case("plain", &[2, 3, 5, 5], &[4, 3, 3, 3], true, vec![]),
+        conv_case(
+            "stride 2, pads 1",
+            &[2, 3, 6, 6],
+            &[4, 3, 3, 3],
+            true,
+            vec![
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![1, 1, 1, 1])),
+            ],
+        ),
+        conv_case(
+            // (7 + 1 + 2 − 3) = 7 not divisible by 2 along H; (6 + 0 + 1 − 3) = 4 along W with stride 3
+            "stride 2x3, asymmetric pads, remainder",
+            &[1, 2, 7, 6],
+            &[3, 2, 3, 3],
+            false,
+            vec![
+                ("strides", A::Is(vec![2, 3])),
+                ("pads", A::Is(vec![1, 0, 2, 1])),
+            ],
+        ),
+        conv_case(
+            // no end pad to trim: the weight-gradient convolution overshoots and is sliced
+            "stride 2, unpadded remainder",
+            &[1, 2, 8, 7],
+            &[2, 2, 3, 2],
+            true,
+            vec![("strides", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "dilations 2",
+            &[2, 2, 7, 8],
+            &[3, 2, 3, 2],
+            true,
+            vec![
+                ("dilations", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![2, 1, 1, 0])),
+            ],
+        ),
+        conv_case(
+            "dilations 2, stride 2, remainder",
+            &[1, 2, 9, 8],
+            &[2, 2, 3, 3],
+            true,
+            vec![
+                ("dilations", A::Is(vec![2, 2])),
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![0, 1, 1, 2])),
+            ],
+        ),
+        conv_case(
+            "groups 2",
+            &[2, 4, 5, 5],
+            &[6, 2, 3, 3],
+            true,
+            vec![("group", A::I(2)), ("pads", A::Is(vec![1, 1, 1, 1]))],
+        ),
+        conv_case(
+            "depthwise, stride 2",
+            &[2, 3, 6, 7],
+            &[3, 1, 3, 3],
+            true,
+            vec![
+                ("group", A::I(3)),
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![1, 1, 1, 1])),
+            ],
+        ),
+        conv_case(
+            "depthwise multiplier 2, dilation 2",
+            &[1, 2, 7, 7],
+            &[4, 1, 2, 3],
+            false,
+            vec![("group", A::I(2)), ("dilations", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "1x1 stride 2",
+            &[2, 4, 5, 5],
+            &[3, 4, 1, 1],
+            false,
+            vec![("strides", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "SAME_UPPER stride 2",
+            &[1, 2, 5, 6],
+            &[2, 2, 3, 3],
+            true,
+            vec![
+                ("strides", A::Is(vec![2, 2])),
+                ("auto_pad", A::S("SAME_UPPER")),
+            ],
+        ),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check(c, 200 + i as u64);
+    }
+}
+
+#[test]
+fn conv_1d() {
+    let cases = vec![
+        conv_case("1-D plain", &[2, 3, 7], &[4, 3, 3], true, vec![]),
+        conv_case(
+            "1-D stride 2, pads, dilation 2, groups 3",
+            &[2, 3, 10],
+            &[6, 1, 3],
+            true,
+            vec![
+                ("strides", A::Is(vec![2])),
+                ("pads", A::Is(vec![2, 1])),
+                ("dilations", A::Is(vec![2])),
+                ("group", A::I(3)),
+            ],
+        ),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check(c, 230 + i as u64);
+    }
+}

@@ -2,6 +2,7 @@
 //! gradients of its inputs (`None` where no gradient flows), emitting standard ONNX ops through [`GradCtx`].
 
 mod activations;
+mod conv;
 mod elementwise;
 mod matmul;
 mod reduce;
@@ -39,6 +40,7 @@ pub fn rule_for(op: &str) -> Option<Rule> {
         "Gather" => shape_ops::gather,
         "ReduceSum" => reduce::reduce_sum,
         "ReduceMean" => reduce::reduce_mean,
+        "Conv" => conv::conv,
         "Softmax" => softmax::softmax,
         "LogSoftmax" => softmax::log_softmax,
         "Shape" | "Size" | "Constant" | "ConstantOfShape" | "Equal" | "Less" | "Greater"
