@@ -5,6 +5,7 @@ mod activations;
 mod conv;
 mod elementwise;
 mod matmul;
+mod pool;
 mod reduce;
 mod shape_ops;
 mod softmax;
@@ -41,6 +42,9 @@ pub fn rule_for(op: &str) -> Option<Rule> {
         "ReduceSum" => reduce::reduce_sum,
         "ReduceMean" => reduce::reduce_mean,
         "Conv" => conv::conv,
+        "GlobalAveragePool" => pool::global_average_pool,
+        "AveragePool" => pool::average_pool,
+        "MaxPool" => pool::max_pool,
         "Softmax" => softmax::softmax,
         "LogSoftmax" => softmax::log_softmax,
         "Shape" | "Size" | "Constant" | "ConstantOfShape" | "Equal" | "Less" | "Greater"
