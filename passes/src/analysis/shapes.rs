@@ -1132,6 +1132,64 @@ mod tests {
         assert_eq!(slice_axis(10, 8, 1, -2).unwrap(), (8, -2, 4));
     }
 
+    fn win_node(attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn string(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            s: Some(v.as_bytes().to_vec()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn windows_follow_auto_pad_and_ceil_mode() {
+        // 7 wide, kernel 3, stride 2: NOTSET pads 1/1 -> 4; VALID -> 3; SAME -> ceil(7/2) = 4.
+        let n = win_node(vec![ints("strides", &[2]), ints("pads", &[1, 1])]);
+        assert_eq!(window(&n, &[7], &[3], false).unwrap().out, vec![4]);
+        let n = win_node(vec![ints("strides", &[2]), string("auto_pad", "VALID")]);
+        assert_eq!(window(&n, &[7], &[3], false).unwrap().out, vec![3]);
+        // 8 wide, kernel 3, stride 2: SAME total pad 1, UPPER puts it at the end, LOWER at the start.
+        let n = win_node(vec![
+            ints("strides", &[2]),
+            string("auto_pad", "SAME_UPPER"),
+        ]);
+        let w = window(&n, &[8], &[3], false).unwrap();
+        assert_eq!(
+            (w.out, w.pads_begin, w.pads_end),
+            (vec![4], vec![0], vec![1])
+        );
+        let n = win_node(vec![
+            ints("strides", &[2]),
+            string("auto_pad", "SAME_LOWER"),
+        ]);
+        let w = window(&n, &[8], &[3], false).unwrap();
+        assert_eq!((w.pads_begin, w.pads_end), (vec![1], vec![0]));
+        // Dilation 2 makes kernel 3 span 5: (9 - 5) / 1 + 1 = 5.
+        let n = win_node(vec![ints("dilations", &[2])]);
+        assert_eq!(window(&n, &[9], &[3], false).unwrap().out, vec![5]);
+        // ceil_mode: 6 wide, kernel 2, stride 2, pad 0/1 -> floor 3, ceil 4 would start in the end pad -> 3;
+        // 5 wide, kernel 2, stride 2 -> floor 2, ceil 3.
+        let n = win_node(vec![ints("strides", &[2]), ints("pads", &[0, 1])]);
+        assert_eq!(window(&n, &[6], &[2], true).unwrap().out, vec![3]);
+        let n = win_node(vec![ints("strides", &[2])]);
+        assert_eq!(window(&n, &[5], &[2], false).unwrap().out, vec![2]);
+        assert_eq!(window(&n, &[5], &[2], true).unwrap().out, vec![3]);
+    }
+
     #[test]
     fn reshape_targets() {
         assert_eq!(
