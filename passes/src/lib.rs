@@ -11,3 +11,4 @@ pub mod passes;
 pub mod pipeline;
 pub mod plan;
 pub mod tensor;
+pub mod training;

@@ -812,3 +812,263 @@ fn missing_rule_names_the_node() {
     );
     let _ = A::S("unused");
 }
+
+/// A Conv case: X [N, C, S…], W [M, C/group, k…], optional bias.
+fn conv_case(
+    name: &str,
+    x: &[usize],
+    w: &[usize],
+    bias: bool,
+    attrs: Vec<(&'static str, A)>,
+) -> Case {
+    let mut c = Case::new(format!("conv {name} x{x:?} w{w:?}"), "y")
+        .input("x", x)
+        .input("w", w);
+    let mut ins = vec!["x", "w"];
+    if bias {
+        c = c.input("b", &[w[0]]);
+        ins.push("b");
+    }
+    c.node(node("Conv", &ins, &["y"], attrs))
+}
+
+#[test]
+fn conv_2d_strides_pads_dilations_groups() {
+    let cases: Vec<Case> = vec![
+        conv_case("plain", &[2, 3, 5, 5], &[4, 3, 3, 3], true, vec![]),
+        conv_case(
+            "stride 2, pads 1",
+            &[2, 3, 6, 6],
+            &[4, 3, 3, 3],
+            true,
+            vec![
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![1, 1, 1, 1])),
+            ],
+        ),
+        conv_case(
+            // (7 + 1 + 2 − 3) = 7 not divisible by 2 along H; (6 + 0 + 1 − 3) = 4 along W with stride 3
+            "stride 2x3, asymmetric pads, remainder",
+            &[1, 2, 7, 6],
+            &[3, 2, 3, 3],
+            false,
+            vec![
+                ("strides", A::Is(vec![2, 3])),
+                ("pads", A::Is(vec![1, 0, 2, 1])),
+            ],
+        ),
+        conv_case(
+            // no end pad to trim: the weight-gradient convolution overshoots and is sliced
+            "stride 2, unpadded remainder",
+            &[1, 2, 8, 7],
+            &[2, 2, 3, 2],
+            true,
+            vec![("strides", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "dilations 2",
+            &[2, 2, 7, 8],
+            &[3, 2, 3, 2],
+            true,
+            vec![
+                ("dilations", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![2, 1, 1, 0])),
+            ],
+        ),
+        conv_case(
+            "dilations 2, stride 2, remainder",
+            &[1, 2, 9, 8],
+            &[2, 2, 3, 3],
+            true,
+            vec![
+                ("dilations", A::Is(vec![2, 2])),
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![0, 1, 1, 2])),
+            ],
+        ),
+        conv_case(
+            "groups 2",
+            &[2, 4, 5, 5],
+            &[6, 2, 3, 3],
+            true,
+            vec![("group", A::I(2)), ("pads", A::Is(vec![1, 1, 1, 1]))],
+        ),
+        conv_case(
+            "depthwise, stride 2",
+            &[2, 3, 6, 7],
+            &[3, 1, 3, 3],
+            true,
+            vec![
+                ("group", A::I(3)),
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![1, 1, 1, 1])),
+            ],
+        ),
+        conv_case(
+            "depthwise multiplier 2, dilation 2",
+            &[1, 2, 7, 7],
+            &[4, 1, 2, 3],
+            false,
+            vec![("group", A::I(2)), ("dilations", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "1x1 stride 2",
+            &[2, 4, 5, 5],
+            &[3, 4, 1, 1],
+            false,
+            vec![("strides", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "SAME_UPPER stride 2",
+            &[1, 2, 5, 6],
+            &[2, 2, 3, 3],
+            true,
+            vec![
+                ("strides", A::Is(vec![2, 2])),
+                ("auto_pad", A::S("SAME_UPPER")),
+            ],
+        ),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check(c, 200 + i as u64);
+    }
+}
+
+#[test]
+fn conv_1d() {
+    let cases = vec![
+        conv_case("1-D plain", &[2, 3, 7], &[4, 3, 3], true, vec![]),
+        conv_case(
+            "1-D stride 2, pads, dilation 2, groups 3",
+            &[2, 3, 10],
+            &[6, 1, 3],
+            true,
+            vec![
+                ("strides", A::Is(vec![2])),
+                ("pads", A::Is(vec![2, 1])),
+                ("dilations", A::Is(vec![2])),
+                ("group", A::I(3)),
+            ],
+        ),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check(c, 230 + i as u64);
+    }
+}
+
+#[test]
+fn global_average_pool() {
+    for x in [&[2usize, 3, 4, 5][..], &[2, 3, 7]] {
+        let c = Case::new(format!("GlobalAveragePool {x:?}"), "y")
+            .input("x", x)
+            .node(node("GlobalAveragePool", &["x"], &["y"], vec![]));
+        check(c, 300);
+    }
+}
+
+fn pool_attrs(
+    k: &[i64],
+    s: &[i64],
+    pads: &[i64],
+    extra: Vec<(&'static str, A)>,
+) -> Vec<(&'static str, A)> {
+    let mut v = vec![
+        ("kernel_shape", A::Is(k.to_vec())),
+        ("strides", A::Is(s.to_vec())),
+        ("pads", A::Is(pads.to_vec())),
+    ];
+    v.extend(extra);
+    v
+}
+
+#[test]
+fn average_pool_count_include_pad_strides_pads() {
+    type P = (
+        &'static [usize],
+        &'static [i64],
+        &'static [i64],
+        &'static [i64],
+        i64,
+    );
+    let cases: &[P] = &[
+        (&[2, 3, 6, 6], &[2, 2], &[2, 2], &[0, 0, 0, 0], 0),
+        (&[2, 2, 5, 5], &[3, 3], &[1, 1], &[1, 1, 1, 1], 0),
+        (&[2, 2, 5, 5], &[3, 3], &[1, 1], &[1, 1, 1, 1], 1),
+        (&[1, 2, 7, 6], &[3, 2], &[2, 3], &[1, 0, 2, 1], 0),
+        (&[1, 2, 7, 6], &[3, 2], &[2, 3], &[1, 0, 2, 1], 1),
+        (&[2, 2, 9], &[3], &[2], &[1, 1], 0),
+    ];
+    for (i, (x, k, s, p, inc)) in cases.iter().enumerate() {
+        let c = Case::new(
+            format!("AveragePool x{x:?} k{k:?} s{s:?} p{p:?} inc{inc}"),
+            "y",
+        )
+        .input("x", x)
+        .node(node(
+            "AveragePool",
+            &["x"],
+            &["y"],
+            pool_attrs(k, s, p, vec![("count_include_pad", A::I(*inc))]),
+        ));
+        check(c, 310 + i as u64);
+    }
+}
+
+#[test]
+fn average_pool_ceil_mode() {
+    for inc in [0, 1] {
+        let c = Case::new(format!("AveragePool ceil inc{inc}"), "y")
+            .input("x", &[1, 2, 6, 7])
+            .node(node(
+                "AveragePool",
+                &["x"],
+                &["y"],
+                pool_attrs(
+                    &[3, 3],
+                    &[2, 2],
+                    &[1, 0, 0, 1],
+                    vec![("count_include_pad", A::I(inc)), ("ceil_mode", A::I(1))],
+                ),
+            ));
+        check(c, 330 + inc as u64);
+    }
+}
+
+#[test]
+fn max_pool_routes_to_the_argmax() {
+    // Random inputs have no ties; the analytic gradient goes to the element MaxPool's Indices names.
+    type P = (
+        &'static [usize],
+        &'static [i64],
+        &'static [i64],
+        &'static [i64],
+    );
+    let cases: &[P] = &[
+        (&[2, 3, 6, 6], &[2, 2], &[2, 2], &[0, 0, 0, 0]),
+        (&[2, 2, 7, 7], &[3, 3], &[2, 2], &[1, 1, 1, 1]),
+        (&[1, 2, 7, 6], &[3, 2], &[2, 3], &[1, 0, 2, 1]),
+        (&[2, 2, 5, 5], &[3, 3], &[1, 1], &[1, 1, 1, 1]),
+        (&[2, 3, 9], &[3], &[2], &[1, 0]),
+    ];
+    for (i, (x, k, s, p)) in cases.iter().enumerate() {
+        let c = Case::new(format!("MaxPool x{x:?} k{k:?} s{s:?} p{p:?}"), "y")
+            .input("x", x)
+            .node(node("MaxPool", &["x"], &["y"], pool_attrs(k, s, p, vec![])));
+        check(c, 340 + i as u64);
+    }
+    // With the Indices output present in the forward graph, and dilations.
+    let c = Case::new("MaxPool with Indices, dilation 2", "y")
+        .input("x", &[1, 2, 7, 7])
+        .node(node(
+            "MaxPool",
+            &["x"],
+            &["y", "idx"],
+            pool_attrs(
+                &[2, 2],
+                &[1, 2],
+                &[0, 1, 1, 0],
+                vec![("dilations", A::Is(vec![2, 2]))],
+            ),
+        ));
+    check(c, 350);
+}

@@ -326,6 +326,14 @@ fn default_opset(g: &Graph) -> i64 {
         .unwrap_or(1)
 }
 
+/// Options of [`differentiate_with`].
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// (node name, input slot) pairs where the gradient stops: no gradient flows from that node into that
+    /// input (as if the input were a constant there; its other uses still carry gradient).
+    pub stop: HashSet<(String, usize)>,
+}
+
 /// Appends to `g` the gradient of the scalar `loss` with respect to each of `wrt`, and returns the name of
 /// each gradient value. `types` are the static types of the forward values ([`crate::analysis::shapes`]).
 /// A `wrt` value on no path to the loss gets a gradient of zeros.
@@ -334,6 +342,17 @@ pub fn differentiate(
     loss: &str,
     wrt: &[String],
     types: &HashMap<String, TensorType>,
+) -> Result<HashMap<String, String>, AutodiffError> {
+    differentiate_with(g, loss, wrt, types, &DiffOptions::default())
+}
+
+/// [`differentiate`] with options (gradient stops).
+pub fn differentiate_with(
+    g: &mut Graph,
+    loss: &str,
+    wrt: &[String],
+    types: &HashMap<String, TensorType>,
+    opts: &DiffOptions,
 ) -> Result<HashMap<String, String>, AutodiffError> {
     let opset = default_opset(g);
     if opset < 13 {
@@ -412,13 +431,24 @@ pub fn differentiate(
                 node: label.clone(),
                 op: node.op_type().to_owned(),
             })?;
+        let needs: Vec<bool> = node
+            .input
+            .iter()
+            .enumerate()
+            .map(|(slot, v)| {
+                live.contains(v) && !opts.stop.contains(&(node.name().to_owned(), slot))
+            })
+            .collect();
+        if !needs.contains(&true) {
+            continue;
+        }
         let lookup = |v: &String| (!v.is_empty()).then(|| types.get(v).cloned()).flatten();
         let args = RuleArgs {
             node,
             ins: node.input.iter().map(lookup).collect(),
             outs: node.output.iter().map(lookup).collect(),
             dy,
-            needs: node.input.iter().map(|v| live.contains(v)).collect(),
+            needs,
         };
         let grads = rule(&mut ctx, &args).map_err(|message| AutodiffError::Rule {
             node: label.clone(),

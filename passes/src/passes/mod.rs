@@ -1,5 +1,9 @@
 //! Rewrite passes, one per file.
 
+pub mod const_fold;
+pub mod dce;
 pub mod replace_frozen;
 
+pub use const_fold::ConstantFolding;
+pub use dce::DeadCodeElimination;
 pub use replace_frozen::ReplaceFrozenUnits;

@@ -2,8 +2,10 @@
 //! gradients of its inputs (`None` where no gradient flows), emitting standard ONNX ops through [`GradCtx`].
 
 mod activations;
+mod conv;
 mod elementwise;
 mod matmul;
+mod pool;
 mod reduce;
 mod shape_ops;
 mod softmax;
@@ -39,6 +41,10 @@ pub fn rule_for(op: &str) -> Option<Rule> {
         "Gather" => shape_ops::gather,
         "ReduceSum" => reduce::reduce_sum,
         "ReduceMean" => reduce::reduce_mean,
+        "Conv" => conv::conv,
+        "GlobalAveragePool" => pool::global_average_pool,
+        "AveragePool" => pool::average_pool,
+        "MaxPool" => pool::max_pool,
         "Softmax" => softmax::softmax,
         "LogSoftmax" => softmax::log_softmax,
         "Shape" | "Size" | "Constant" | "ConstantOfShape" | "Equal" | "Less" | "Greater"

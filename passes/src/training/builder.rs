@@ -1,0 +1,131 @@
+//! A small emitter of training nodes and constants, named `train/{hint}.{k}` unless a name is given.
+
+use bytes::Bytes;
+
+use crate::onnx::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+#[derive(Default)]
+pub struct Builder {
+    pub nodes: Vec<NodeProto>,
+    pub initializers: Vec<TensorProto>,
+    counter: usize,
+}
+
+pub enum A {
+    Int(i64),
+    Ints(Vec<i64>),
+}
+
+impl Builder {
+    pub fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("train/{hint}.{}", self.counter)
+    }
+
+    /// Emits a one-output node writing `out` (a fresh name when `None`); returns the output name.
+    pub fn op_to(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, A)>,
+        out: Option<&str>,
+    ) -> String {
+        let name = self.fresh(op);
+        let output = out.map(str::to_owned).unwrap_or_else(|| name.clone());
+        let attribute = attrs
+            .into_iter()
+            .map(|(n, a)| {
+                let mut p = AttributeProto {
+                    name: Some(n.to_owned()),
+                    ..Default::default()
+                };
+                let ty = match a {
+                    A::Int(i) => {
+                        p.i = Some(i);
+                        AttributeType::Int
+                    }
+                    A::Ints(v) => {
+                        p.ints = v;
+                        AttributeType::Ints
+                    }
+                };
+                p.r#type = Some(ty as i32);
+                p
+            })
+            .collect();
+        self.nodes.push(NodeProto {
+            op_type: Some(op.to_owned()),
+            name: Some(name),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.clone()],
+            attribute,
+            ..Default::default()
+        });
+        output
+    }
+
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
+        self.op_to(op, inputs, attrs, None)
+    }
+
+    /// An int64 initializer of the given dims.
+    pub fn const_i64(&mut self, dims: &[usize], values: &[i64]) -> String {
+        let name = self.fresh("const");
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(TensorProto {
+            name: Some(name.clone()),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(DataType::Int64 as i32),
+            raw_data: Some(Bytes::from(raw)),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// A rank-0 float initializer of `dtype`.
+    pub fn scalar(&mut self, dtype: i32, value: f64) -> String {
+        let name = self.fresh("const");
+        self.initializers
+            .push(crate::tensor::scalar(&name, dtype, value));
+        name
+    }
+}
+
+/// A tensor value_info with a static shape.
+pub fn value_info(name: &str, dtype: i32, shape: &[usize]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(dtype),
+                shape: Some(TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|&d| tensor_shape_proto::Dimension {
+                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A zero-filled tensor of `dtype` (float32/float64/float16/bfloat16) and static shape.
+pub fn zeros(name: &str, dtype: i32, shape: &[usize]) -> TensorProto {
+    let n: usize = shape.iter().product();
+    let size = crate::tensor::element_size(dtype).unwrap_or(4);
+    TensorProto {
+        name: Some(name.to_owned()),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(dtype),
+        raw_data: Some(Bytes::from(vec![0u8; n * size])),
+        ..Default::default()
+    }
+}
