@@ -9,3 +9,4 @@ pub mod inputs;
 pub mod npy;
 pub mod reference;
 pub mod report;
+pub mod train_compile;

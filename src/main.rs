@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rl_passes::analysis::units::UnitKind;
 use rl_passes::pipeline::RewriteOptions;
+use rl_passes::training::{Optimizer, TrainOptions};
 use rl_rewrite::data::{DataSpec, Normalization};
 use rl_rewrite::engine::select::EngineChoice;
 use rl_rewrite::engine::Device;
 use rl_rewrite::execute::EngineOptions;
-use rl_rewrite::{commands, evaluate, execute};
+use rl_rewrite::{commands, evaluate, execute, train_compile};
 
 /// Rewrites an ONNX model for Replacement Learning: every K-th repeated unit (block or layer) is frozen and its
 /// parameters replaced by θ_l = a_l·θ_{l-1} + b_l·θ_{l+1}, with two learnable scalars per frozen unit.
@@ -196,12 +197,60 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 2)]
         batch: usize,
     },
+    /// Compile the training-step model of a classifier (and its eval model): inputs batch, labels, lr, every
+    /// trainable parameter and optimizer state; outputs loss, correct, and x.next for each of those.
+    CompileTrain {
+        /// The classifier (first output: logits [N, classes]); a Replacement Learning rewrite trains a and b.
+        model: PathBuf,
+        /// Output file of the training-step model.
+        #[arg(short, long, value_name = "STEP")]
+        output: PathBuf,
+        /// Also write the eval model (running statistics, outputs loss and correct too).
+        #[arg(long, value_name = "FILE")]
+        eval_out: Option<PathBuf>,
+        /// Also write the manifest (names, shapes, weight-decay flags) as JSON; it is in the step model's
+        /// metadata too.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// The fixed batch size of both models.
+        #[arg(long, value_name = "N", default_value_t = 128)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "sgd")]
+        optimizer: OptimizerArg,
+        /// SGD momentum.
+        #[arg(long, value_name = "M", default_value_t = 0.9)]
+        momentum: f64,
+        /// Nesterov momentum (SGD).
+        #[arg(long)]
+        nesterov: bool,
+        /// Weight decay [default: 5e-4 for SGD, 0.01 for AdamW]; never applied to a, b, biases or norm
+        /// parameters unless --decay-all.
+        #[arg(long, value_name = "WD")]
+        weight_decay: Option<f64>,
+        /// Apply weight decay to every parameter.
+        #[arg(long)]
+        decay_all: bool,
+        /// Label smoothing ε in [0, 1).
+        #[arg(long, value_name = "E", default_value_t = 0.0)]
+        label_smoothing: f64,
+        /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
+        #[arg(long)]
+        detach_neighbours: bool,
+    },
     /// Build resnet32, rewrite it with --every 2, print plan and diff, and check equivalence with tract.
     Demo {
         /// Folder for the demo's files.
         #[arg(long, value_name = "DIR", default_value = "rl-demo")]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    /// SGD with momentum (optionally Nesterov) and weight decay.
+    Sgd,
+    /// AdamW (β 0.9/0.999, ε 1e-8, decoupled weight decay).
+    Adamw,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -246,6 +295,53 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             seed,
         }),
         Some(Command::Demo { out }) => commands::demo_command(&out),
+        Some(Command::CompileTrain {
+            model,
+            output,
+            eval_out,
+            manifest,
+            batch,
+            optimizer,
+            momentum,
+            nesterov,
+            weight_decay,
+            decay_all,
+            label_smoothing,
+            detach_neighbours,
+        }) => {
+            let optimizer = match optimizer {
+                OptimizerArg::Sgd => {
+                    Optimizer::sgd(momentum, nesterov, weight_decay.unwrap_or(5e-4))
+                }
+                OptimizerArg::Adamw => match Optimizer::adamw() {
+                    Optimizer::AdamW {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay: default,
+                    } => Optimizer::AdamW {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay: weight_decay.unwrap_or(default),
+                    },
+                    other => other,
+                },
+            };
+            train_compile::compile_train_command(&train_compile::CompileTrainRequest {
+                model,
+                output,
+                eval_output: eval_out,
+                manifest,
+                options: TrainOptions {
+                    batch_size: batch,
+                    optimizer,
+                    label_smoothing,
+                    detach_neighbours,
+                    decay_all,
+                },
+            })
+        }
         Some(Command::Eval {
             model,
             data,

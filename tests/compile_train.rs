@@ -1,0 +1,208 @@
+//! `rl-rewrite compile-train` on a Replacement Learning rewrite: the step and eval models are written, the
+//! frozen unit's a and b are trainable, and both models pass onnx.checker and run in ONNX Runtime.
+
+mod common;
+
+use std::process::Command;
+
+use prost::Message;
+use rl_passes::onnx::{
+    tensor_shape_proto::dimension::Value as Dim, tensor_shape_proto::Dimension, type_proto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+use rl_passes::tensor::f32_tensor;
+
+fn value(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
+    let dim = dims
+        .into_iter()
+        .map(|d| Dimension {
+            value: Some(d),
+            denotation: None,
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// x [N, 8] → 4 residual blocks h = h + Relu(h·W_k) → logits = h·W_out.
+fn residual_mlp() -> ModelProto {
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut h = "x".to_owned();
+    for k in 0..4 {
+        let w = format!("blocks.{k}.weight");
+        let values: Vec<f32> = (0..64)
+            .map(|i| ((i * 7 + k * 13) % 17) as f32 / 40.0 - 0.2)
+            .collect();
+        inits.push(f32_tensor(&w, &[8, 8], &values));
+        nodes.push(node("MatMul", &[&h, &w], &format!("blocks.{k}.mm")));
+        nodes.push(node(
+            "Relu",
+            &[&format!("blocks.{k}.mm")],
+            &format!("blocks.{k}.relu"),
+        ));
+        nodes.push(node(
+            "Add",
+            &[&h, &format!("blocks.{k}.relu")],
+            &format!("blocks.{k}.out"),
+        ));
+        h = format!("blocks.{k}.out");
+    }
+    inits.push(f32_tensor(
+        "head.weight",
+        &[8, 3],
+        &(0..24)
+            .map(|i| (i % 5) as f32 / 10.0 - 0.2)
+            .collect::<Vec<_>>(),
+    ));
+    nodes.push(node("MatMul", &[&h, "head.weight"], "logits"));
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("residual_mlp".into()),
+            node: nodes,
+            initializer: inits,
+            input: vec![value(
+                "x",
+                vec![Dim::DimParam("N".into()), Dim::DimValue(8)],
+            )],
+            output: vec![value(
+                "logits",
+                vec![Dim::DimParam("N".into()), Dim::DimValue(3)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn compile_train_writes_step_eval_and_manifest_for_a_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(p("mlp.onnx"), residual_mlp().encode_to_vec()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_rl-rewrite");
+    let rewrite = Command::new(bin)
+        .args([&p("mlp.onnx"), "--every", "2", "-o", &p("mlp.rl.onnx")])
+        .output()
+        .unwrap();
+    assert!(
+        rewrite.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rewrite.stderr)
+    );
+    for optimizer in ["sgd", "adamw"] {
+        let out = Command::new(bin)
+            .args([
+                "compile-train",
+                &p("mlp.rl.onnx"),
+                "-o",
+                &p("step.onnx"),
+                "--eval-out",
+                &p("eval.onnx"),
+            ])
+            .args([
+                "--manifest",
+                &p("manifest.json"),
+                "--batch",
+                "4",
+                "--optimizer",
+                optimizer,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{optimizer}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("training step:") && stdout.contains("wrote"),
+            "{stdout}"
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p("manifest.json")).unwrap()).unwrap();
+        let params: Vec<&str> = manifest["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            params.contains(&"blocks.1.rl_a") && params.contains(&"blocks.1.rl_b"),
+            "{params:?}"
+        );
+        assert!(
+            !params.contains(&"blocks.1.weight"),
+            "the replaced tensor is computed, not trained: {params:?}"
+        );
+        assert!(
+            params.contains(&"blocks.0.weight") && params.contains(&"blocks.2.weight"),
+            "{params:?}"
+        );
+        let step = rl_passes::io::load_model(&dir.path().join("step.onnx"))
+            .unwrap()
+            .model;
+        let outputs: Vec<&str> = step
+            .graph
+            .as_ref()
+            .unwrap()
+            .output
+            .iter()
+            .map(|o| o.name())
+            .collect();
+        assert_eq!(&outputs[..2], ["loss", "correct"]);
+        assert!(outputs.contains(&"blocks.1.rl_a.next"), "{outputs:?}");
+        common::onnx_check(&[&dir.path().join("step.onnx"), &dir.path().join("eval.onnx")]);
+    }
+}
+
+#[test]
+fn compile_train_refuses_what_it_cannot_train_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("r20.onnx");
+    let bin = env!("CARGO_BIN_EXE_rl-rewrite");
+    assert!(Command::new(bin)
+        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new(bin)
+        .args([
+            "compile-train",
+            model.to_str().unwrap(),
+            "-o",
+            dir.path().join("s.onnx").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("r20.onnx") && err.contains("BatchNormalization"),
+        "{err}"
+    );
+    assert!(!dir.path().join("s.onnx").exists());
+}
