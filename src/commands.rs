@@ -208,3 +208,36 @@ pub fn plan_from_metadata(model: &rl_passes::onnx::ModelProto) -> Option<rl_pass
         .find(|e| e.key() == rl_passes::plan::PLAN_KEY)?;
     serde_json::from_str(entry.value()).ok()
 }
+
+/// `rl-rewrite bake`: folds the integration subgraphs of a rewritten (possibly trained) model into stored
+/// tensors, giving a plain inference model with the original structure.
+pub fn bake_command(model: &Path, output: &Path) -> Result<i32> {
+    use rl_passes::pass::{Changed, Pass};
+    let loaded = load_model(model)?;
+    let mut graph = Graph::lift(loaded.model).with_context(|| model.display().to_string())?;
+    let before = graph.dag.node_count();
+    let mut bake = rl_passes::passes::BakeIntegrations;
+    if bake
+        .run(&mut graph)
+        .with_context(|| model.display().to_string())?
+        == Changed::No
+    {
+        anyhow::bail!(
+            "{} carries no Replacement Learning plan (metadata '{}'): nothing to bake",
+            model.display(),
+            rl_passes::plan::PLAN_KEY
+        );
+    }
+    let baked = graph.lower()?;
+    save_model(
+        &baked,
+        output,
+        &SaveOptions::like_input(&loaded.external, &baked),
+    )?;
+    println!(
+        "baked {} integration nodes into stored tensors; wrote {}",
+        before - graph.dag.node_count(),
+        output.display()
+    );
+    Ok(0)
+}

@@ -237,6 +237,15 @@ enum Command {
         #[arg(long)]
         detach_neighbours: bool,
     },
+    /// Fold each integration subgraph of a rewritten (trained) model into a stored tensor: a plain inference
+    /// model with the original structure (check it with `rl-rewrite check`).
+    Bake {
+        /// The rewritten model (carrying its plan in the metadata).
+        model: PathBuf,
+        /// Output file.
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
     /// Build resnet32, rewrite it with --every 2, print plan and diff, and check equivalence with tract.
     Demo {
         /// Folder for the demo's files.
@@ -295,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             seed,
         }),
         Some(Command::Demo { out }) => commands::demo_command(&out),
+        Some(Command::Bake { model, output }) => commands::bake_command(&model, &output),
         Some(Command::CompileTrain {
             model,
             output,

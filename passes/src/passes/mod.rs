@@ -1,9 +1,11 @@
 //! Rewrite passes, one per file.
 
+pub mod bake;
 pub mod const_fold;
 pub mod dce;
 pub mod replace_frozen;
 
+pub use bake::BakeIntegrations;
 pub use const_fold::ConstantFolding;
 pub use dce::DeadCodeElimination;
 pub use replace_frozen::ReplaceFrozenUnits;
