@@ -5,8 +5,10 @@ mod activations;
 mod conv;
 mod elementwise;
 mod matmul;
+mod norm;
 mod pool;
 mod reduce;
+mod regularize;
 mod shape_ops;
 mod softmax;
 
@@ -45,6 +47,10 @@ pub fn rule_for(op: &str) -> Option<Rule> {
         "GlobalAveragePool" => pool::global_average_pool,
         "AveragePool" => pool::average_pool,
         "MaxPool" => pool::max_pool,
+        "BatchNormalization" => norm::batch_normalization,
+        "LayerNormalization" => norm::layer_normalization,
+        "Clip" => regularize::clip,
+        "Dropout" => regularize::dropout,
         "Softmax" => softmax::softmax,
         "LogSoftmax" => softmax::log_softmax,
         "Shape" | "Size" | "Constant" | "ConstantOfShape" | "Equal" | "Less" | "Greater"
