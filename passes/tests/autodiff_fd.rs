@@ -1337,3 +1337,105 @@ fn dropout_training_and_inference() {
         .node(node("Dropout", &["x"], &["y"], vec![]));
     check(c, 442);
 }
+
+#[test]
+fn dropout_training_mode_computed_and_mask_required() {
+    // training_mode computed in the graph (not a constant): the rule selects with Where at run time
+    let mut c = Case::new("dropout computed training_mode", "y").input("x", &[2, 6]);
+    c.inits.push(f64_init("ratio", &[], &[0.25]));
+    c.inits.push(f64_init("one", &[], &[1.0]));
+    c.inits.push(f64_init("zero", &[], &[0.0]));
+    let c = c
+        .node(node("Greater", &["one", "zero"], &["train"], vec![]))
+        .node(node(
+            "Dropout",
+            &["x", "ratio", "train"],
+            &["y", "mask"],
+            vec![],
+        ));
+    check(c, 443);
+    // without the mask output the random draw cannot be differentiated: a clear error
+    let mut train = TensorProto {
+        name: Some("train".into()),
+        data_type: Some(DataType::Bool as i32),
+        raw_data: Some(Bytes::from_static(&[1])),
+        ..Default::default()
+    };
+    let forward = GraphProto {
+        node: vec![
+            node("Dropout", &["x", "ratio", "train"], &["y"], vec![]),
+            node("ReduceSum", &["y"], &["loss"], vec![("keepdims", A::I(0))]),
+        ],
+        initializer: vec![f64_init("ratio", &[], &[0.5]), {
+            train.dims = vec![];
+            train
+        }],
+        input: vec![value_info("x", DataType::Double, &[2, 3])],
+        output: vec![value_info("loss", DataType::Double, &[])],
+        ..Default::default()
+    };
+    let mut g = Graph::lift(model(forward)).unwrap();
+    let types = infer_shapes(&g, &[("x".to_owned(), vec![2, 3])]).unwrap();
+    let err = differentiate(&mut g, "loss", &["x".to_owned()], &types).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "node 'fwd/Dropout/y' (Dropout): Dropout: training-mode Dropout needs its mask output to be differentiated"
+    );
+}
+
+#[test]
+fn small_cnn_with_training_batch_norm() {
+    // Conv → BatchNormalization (training) → Relu → MaxPool 3x3 s2 p1 → depthwise Conv s2 → Conv 1x1 →
+    // GlobalAveragePool → Flatten → Gemm: every parameter and the input checked at once.
+    let c = Case::new("small cnn", "y")
+        .input("x", &[2, 2, 9, 9])
+        .input("w1", &[4, 2, 3, 3])
+        .input("b1", &[4])
+        .input_in("g", &[4], 0.5, 1.5)
+        .input("beta", &[4])
+        .input("rm", &[4])
+        .input_in("rv", &[4], 0.5, 1.5)
+        .input("w2", &[4, 1, 3, 3])
+        .input("w3", &[3, 4, 1, 1])
+        .input("fc", &[5, 3])
+        .input("fcb", &[5])
+        .node(node(
+            "Conv",
+            &["x", "w1", "b1"],
+            &["c1"],
+            vec![("pads", A::Is(vec![1, 1, 1, 1]))],
+        ))
+        .node(node(
+            "BatchNormalization",
+            &["c1", "g", "beta", "rm", "rv"],
+            &["bn"],
+            vec![("training_mode", A::I(1))],
+        ))
+        .node(node("Relu", &["bn"], &["r"], vec![]))
+        .node(node(
+            "MaxPool",
+            &["r"],
+            &["mp"],
+            pool_attrs(&[3, 3], &[2, 2], &[1, 1, 1, 1], vec![]),
+        ))
+        .node(node(
+            "Conv",
+            &["mp", "w2"],
+            &["c2"],
+            vec![
+                ("group", A::I(4)),
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![1, 1, 1, 1])),
+            ],
+        ))
+        .node(node("Conv", &["c2", "w3"], &["c3"], vec![]))
+        .node(node("GlobalAveragePool", &["c3"], &["gap"], vec![]))
+        .node(node("Flatten", &["gap"], &["f"], vec![("axis", A::I(1))]))
+        .node(node(
+            "Gemm",
+            &["f", "fc", "fcb"],
+            &["y"],
+            vec![("transB", A::I(1))],
+        ));
+    check(c, 500);
+}

@@ -1,7 +1,5 @@
-//! Clip (min/max as inputs, opset 11+, or attributes, opset 6) and Dropout (training mask; inference
-//! identity).
+//! Clip (min/max as optional inputs, opset 11+) and Dropout (training mask; inference identity).
 
-use crate::analysis::shapes::attr_float;
 use crate::autodiff::{Attr, GradCtx, RuleArgs};
 use crate::tensor::is_float;
 
@@ -17,15 +15,15 @@ pub fn clip(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let t = a.in_type(0)?.clone();
     let dy = a.dy0()?.to_owned();
     let zero = ctx.scalar(t.dtype, 0.0);
-    let bound = |ctx: &mut GradCtx, slot: usize, attr: &str| -> Option<String> {
-        if present(a, slot) {
-            Some(a.input(slot).to_owned())
-        } else {
-            attr_float(a.node, attr).map(|v| ctx.scalar(t.dtype, v as f64))
-        }
-    };
-    let lo = bound(ctx, 1, "min");
-    let hi = bound(ctx, 2, "max");
+    if a.node
+        .attribute
+        .iter()
+        .any(|x| x.name() == "min" || x.name() == "max")
+    {
+        return Err("Clip with min/max attributes (opset < 11) is not supported".into());
+    }
+    let bound = |slot: usize| present(a, slot).then(|| a.input(slot).to_owned());
+    let (lo, hi) = (bound(1), bound(2));
     let below = lo
         .as_ref()
         .map(|lo| ctx.op("Less", &[a.input(0), lo], vec![]));
