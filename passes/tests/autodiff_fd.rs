@@ -269,6 +269,7 @@ fn check(case: Case, seed: u64) {
             .output
             .push(value_info(&grads[w], DataType::Double, s));
     }
+    let native = g.lower().unwrap().encode_to_vec();
     tract_f64_workarounds(&mut g);
     tract_training_workarounds(&mut g, &types);
     let bytes = g.lower().unwrap().encode_to_vec();
@@ -302,6 +303,7 @@ fn check(case: Case, seed: u64) {
         .map(|(_, s, v)| (s.clone(), v.clone()))
         .collect();
     let outs = run(&plan, &feeds, &ints);
+    dump_for_ort(&case.name, &bytes, &native, &feeds, &ints, &outs);
     for (k, w) in wrt.iter().enumerate() {
         let analytic = outs[1 + k].clone();
         let n = feeds[k].1.len();
@@ -323,6 +325,48 @@ fn check(case: Case, seed: u64) {
             );
         }
     }
+}
+
+/// With `RL_AUTODIFF_DUMP=DIR`, writes each checked model (`NAME.onnx`, after the tract workarounds;
+/// `NAME.native`, before them, when they changed it) and `NAME.bin`: the float64 feeds, the int64 feeds,
+/// then tract's outputs (loss and gradients), raw little endian in graph order, for
+/// `tests/ort_crosscheck.py` to run the same graphs in ONNX Runtime.
+fn dump_for_ort(
+    name: &str,
+    model: &[u8],
+    native: &[u8],
+    feeds: &[(Vec<usize>, Vec<f64>)],
+    ints: &[(Vec<usize>, Vec<i64>)],
+    outs: &[Vec<f64>],
+) {
+    let Some(dir) = std::env::var_os("RL_AUTODIFF_DUMP") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut stem = stem;
+    while dir.join(format!("{stem}.onnx")).exists() {
+        stem.push('_');
+    }
+    std::fs::write(dir.join(format!("{stem}.onnx")), model).unwrap();
+    if native != model {
+        std::fs::write(dir.join(format!("{stem}.native")), native).unwrap();
+    }
+    let mut raw = Vec::new();
+    for (_, v) in feeds {
+        raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    for (_, v) in ints {
+        raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    for v in outs {
+        raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    std::fs::write(dir.join(format!("{stem}.bin")), raw).unwrap();
 }
 
 /// tract 0.23 cannot evaluate some forward ops in float64 (Sigmoid, Tanh, Erf: "does not support F64"; Gemm
@@ -1222,7 +1266,12 @@ fn bn_case(name: &str, x: &[usize], training: bool, eps: f32) -> Case {
     .node(node(
         "BatchNormalization",
         &["x", "scale", "bias", "mean", "var"],
-        &["y"],
+        // training mode has the running mean and variance outputs (ONNX requires all three)
+        if training {
+            &["y", "running_mean", "running_var"]
+        } else {
+            &["y"]
+        },
         vec![
             ("epsilon", A::F(eps)),
             ("training_mode", A::I(training as i64)),
@@ -1243,9 +1292,7 @@ fn batch_normalization_training_mode() {
     check(bn_case("4-D", &[2, 3, 4, 5], true, 1e-5), 410);
     check(bn_case("2-D", &[5, 3], true, 1e-3), 411);
     check(bn_case("3-D", &[3, 2, 4], true, 0.1), 412);
-    // with the running statistics outputs present
-    let mut c = bn_case("running outputs", &[2, 2, 3, 3], true, 1e-5);
-    c.nodes[0].output = vec!["y".into(), "rm".into(), "rv".into()];
+    let mut c = bn_case("momentum 0.9", &[2, 2, 3, 3], true, 1e-5);
     c.nodes[0].attribute.push(AttributeProto {
         name: Some("momentum".into()),
         f: Some(0.9),
@@ -1408,7 +1455,7 @@ fn small_cnn_with_training_batch_norm() {
         .node(node(
             "BatchNormalization",
             &["c1", "g", "beta", "rm", "rv"],
-            &["bn"],
+            &["bn", "rm.next", "rv.next"],
             vec![("training_mode", A::I(1))],
         ))
         .node(node("Relu", &["bn"], &["r"], vec![]))
