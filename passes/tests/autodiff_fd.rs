@@ -1486,3 +1486,56 @@ fn small_cnn_with_training_batch_norm() {
         ));
     check(c, 500);
 }
+
+#[test]
+fn expand_broadcasts_both_ways() {
+    for (x, shape) in [
+        (&[3usize, 1][..], &[2i64, 3, 4][..]),
+        (&[2, 3, 4], &[3, 1]),
+        (&[1, 4], &[3, 1]),
+        (&[], &[2, 2]),
+    ] {
+        let c = Case::new(format!("Expand {x:?} to {shape:?}"), "y")
+            .input("x", x)
+            .ints("s", shape)
+            .node(node("Expand", &["x", "s"], &["y"], vec![]));
+        check(c, 600);
+    }
+}
+
+#[test]
+fn split_with_sizes_and_unused_outputs() {
+    let c = Case::new("split sizes input, all used", "y")
+        .input("x", &[2, 7, 3])
+        .ints("sizes", &[2, 4, 1])
+        .node(node(
+            "Split",
+            &["x", "sizes"],
+            &["a", "b", "c"],
+            vec![("axis", A::I(1))],
+        ))
+        .node(node(
+            "ReduceSum",
+            &["b"],
+            &["bs"],
+            vec![("keepdims", A::I(1))],
+        ))
+        .node(node("Mul", &["a", "bs"], &["ab"], vec![]))
+        .node(node(
+            "Concat",
+            &["ab", "c"],
+            &["y"],
+            vec![("axis", A::I(1))],
+        ));
+    check(c, 610);
+    let c = Case::new("split equal, one output unused", "y")
+        .input("x", &[6, 2])
+        .node(node("Split", &["x"], &["a", "b", "c"], vec![]))
+        .node(node("Mul", &["a", "c"], &["y"], vec![]));
+    check(c, 611);
+    let c = Case::new("split last axis equal", "y")
+        .input("x", &[2, 4])
+        .node(node("Split", &["x"], &["a", "b"], vec![("axis", A::I(-1))]))
+        .node(node("Neg", &["b"], &["y"], vec![]));
+    check(c, 612);
+}

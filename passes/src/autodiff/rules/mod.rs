@@ -41,6 +41,8 @@ pub fn rule_for(op: &str) -> Option<Rule> {
         "Concat" => shape_ops::concat,
         "Slice" => shape_ops::slice,
         "Gather" => shape_ops::gather,
+        "Expand" => shape_ops::expand,
+        "Split" => shape_ops::split,
         "ReduceSum" => reduce::reduce_sum,
         "ReduceMean" => reduce::reduce_mean,
         "Conv" => conv::conv,
