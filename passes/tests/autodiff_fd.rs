@@ -1401,6 +1401,30 @@ fn dropout_training_mode_computed_and_mask_required() {
             vec![],
         ));
     check(c, 443);
+    // training_mode and ratio from Constant nodes, as PyTorch exports them
+    let mut c = Case::new("dropout constant nodes", "y")
+        .input("x", &[4, 3])
+        .node(node("Constant", &[], &["ratio"], vec![]))
+        .node(node("Constant", &[], &["train"], vec![]))
+        .node(node(
+            "Dropout",
+            &["x", "ratio", "train"],
+            &["y", "mask"],
+            vec![],
+        ));
+    let tensor_attr = |t: TensorProto| AttributeProto {
+        name: Some("value".into()),
+        t: Some(t),
+        r#type: Some(AttributeType::Tensor as i32),
+        ..Default::default()
+    };
+    c.nodes[0].attribute = vec![tensor_attr(f64_init("", &[], &[0.1]))];
+    c.nodes[1].attribute = vec![tensor_attr(TensorProto {
+        data_type: Some(DataType::Bool as i32),
+        raw_data: Some(Bytes::from_static(&[1])),
+        ..Default::default()
+    })];
+    check(c, 444);
     // without the mask output the random draw cannot be differentiated: a clear error
     let mut train = TensorProto {
         name: Some("train".into()),
