@@ -269,7 +269,9 @@ fn check(case: Case, seed: u64) {
             .output
             .push(value_info(&grads[w], DataType::Double, s));
     }
+    let native = g.lower().unwrap().encode_to_vec();
     tract_f64_workarounds(&mut g);
+    tract_training_workarounds(&mut g, &types);
     let bytes = g.lower().unwrap().encode_to_vec();
     let mut tm = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
@@ -301,6 +303,7 @@ fn check(case: Case, seed: u64) {
         .map(|(_, s, v)| (s.clone(), v.clone()))
         .collect();
     let outs = run(&plan, &feeds, &ints);
+    dump_for_ort(&case.name, &bytes, &native, &feeds, &ints, &outs);
     for (k, w) in wrt.iter().enumerate() {
         let analytic = outs[1 + k].clone();
         let n = feeds[k].1.len();
@@ -322,6 +325,48 @@ fn check(case: Case, seed: u64) {
             );
         }
     }
+}
+
+/// With `RL_AUTODIFF_DUMP=DIR`, writes each checked model (`NAME.onnx`, after the tract workarounds;
+/// `NAME.native`, before them, when they changed it) and `NAME.bin`: the float64 feeds, the int64 feeds,
+/// then tract's outputs (loss and gradients), raw little endian in graph order, for
+/// `tests/ort_crosscheck.py` to run the same graphs in ONNX Runtime.
+fn dump_for_ort(
+    name: &str,
+    model: &[u8],
+    native: &[u8],
+    feeds: &[(Vec<usize>, Vec<f64>)],
+    ints: &[(Vec<usize>, Vec<i64>)],
+    outs: &[Vec<f64>],
+) {
+    let Some(dir) = std::env::var_os("RL_AUTODIFF_DUMP") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut stem = stem;
+    while dir.join(format!("{stem}.onnx")).exists() {
+        stem.push('_');
+    }
+    std::fs::write(dir.join(format!("{stem}.onnx")), model).unwrap();
+    if native != model {
+        std::fs::write(dir.join(format!("{stem}.native")), native).unwrap();
+    }
+    let mut raw = Vec::new();
+    for (_, v) in feeds {
+        raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    for (_, v) in ints {
+        raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    for v in outs {
+        raw.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    std::fs::write(dir.join(format!("{stem}.bin")), raw).unwrap();
 }
 
 /// tract 0.23 cannot evaluate some forward ops in float64 (Sigmoid, Tanh, Erf: "does not support F64"; Gemm
@@ -1071,4 +1116,450 @@ fn max_pool_routes_to_the_argmax() {
             ),
         ));
     check(c, 350);
+}
+
+/// tract 0.23 is an inference engine: it runs BatchNormalization with the given mean/var whatever
+/// `training_mode` says (and only with constant parameters), and refuses Dropout in training mode. Its
+/// LayerNormalization, like any `Mul(x, x) → ReduceSum → Mul(1/n)` chain, becomes a mean-of-squares
+/// reducer that computes in float32 even for float64 tensors. For the run only, such forward nodes are
+/// replaced by their exact float64 definition in standard ops, producing the same value names: batch
+/// statistics (biased variance) or the given mean/var for BatchNormalization, the statistics over the
+/// trailing axes for LayerNormalization (variance as `(Σ d² + n·ε) / n`, which tract does not fuse); for
+/// Dropout a *fixed* mask (Greater of a fixed uniform draw and the ratio) so that finite differences see
+/// one deterministic function.
+fn tract_training_workarounds(
+    g: &mut Graph,
+    types: &HashMap<String, rl_passes::analysis::shapes::TensorType>,
+) {
+    let get_i =
+        |n: &NodeProto, a: &str| n.attribute.iter().find(|x| x.name() == a).and_then(|x| x.i);
+    let targets: Vec<_> = g
+        .dag
+        .node_indices()
+        .filter(|&i| g.dag[i].name().starts_with("fwd/"))
+        .filter(|&i| {
+            let n = &g.dag[i];
+            matches!(n.op_type(), "BatchNormalization" | "LayerNormalization")
+                || (n.op_type() == "Dropout" && n.input.len() > 2)
+        })
+        .collect();
+    for i in targets {
+        let n = g.dag[i].clone();
+        let y = n.output[0].clone();
+        let p = |s: &str| format!("tw/{y}/{s}");
+        let shape = types[&n.input[0]].shape.clone();
+        let mut new = vec![];
+        if n.op_type() != "Dropout" {
+            let eps = n
+                .attribute
+                .iter()
+                .find(|a| a.name() == "epsilon")
+                .and_then(|a| a.f)
+                .unwrap_or(1e-5) as f64;
+            let bn = n.op_type() == "BatchNormalization";
+            let axes: Vec<i64> = if bn {
+                std::iter::once(0).chain(2..shape.len() as i64).collect()
+            } else {
+                let r = shape.len() as i64;
+                let a = get_i(&n, "axis").unwrap_or(-1);
+                (if a < 0 { a + r } else { a }..r).collect()
+            };
+            let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
+            g.add_initializer(f64_init(&p("neps"), &[], &[count as f64 * eps]));
+            g.add_initializer(f64_init(&p("eps"), &[], &[eps]));
+            g.add_initializer(f64_init(&p("n"), &[], &[count as f64]));
+            g.add_initializer(i64_init(&p("axes"), &axes));
+            let x = n.input[0].as_str();
+            let (scale, bias) = if bn {
+                let mut cs = vec![shape[1] as i64];
+                cs.extend(vec![1; shape.len() - 2]);
+                g.add_initializer(i64_init(&p("cs"), &cs));
+                new.push(node(
+                    "Reshape",
+                    &[&n.input[1], &p("cs")],
+                    &[&p("s")],
+                    vec![],
+                ));
+                new.push(node(
+                    "Reshape",
+                    &[&n.input[2], &p("cs")],
+                    &[&p("b")],
+                    vec![],
+                ));
+                (p("s"), Some(p("b")))
+            } else {
+                (n.input[1].clone(), n.input.get(2).cloned())
+            };
+            if bn && get_i(&n, "training_mode") != Some(1) {
+                new.push(node(
+                    "Reshape",
+                    &[&n.input[3], &p("cs")],
+                    &[&p("m")],
+                    vec![],
+                ));
+                new.push(node(
+                    "Reshape",
+                    &[&n.input[4], &p("cs")],
+                    &[&p("v")],
+                    vec![],
+                ));
+                new.push(node("Add", &[&p("v"), &p("eps")], &[&p("ve")], vec![]));
+                new.push(node("Sub", &[x, &p("m")], &[&p("d")], vec![]));
+            } else {
+                new.push(node("ReduceSum", &[x, &p("axes")], &[&p("ms")], vec![]));
+                new.push(node("Div", &[&p("ms"), &p("n")], &[&p("m")], vec![]));
+                new.push(node("Sub", &[x, &p("m")], &[&p("d")], vec![]));
+                new.push(node("Mul", &[&p("d"), &p("d")], &[&p("sq")], vec![]));
+                new.push(node(
+                    "ReduceSum",
+                    &[&p("sq"), &p("axes")],
+                    &[&p("ss")],
+                    vec![],
+                ));
+                new.push(node("Add", &[&p("ss"), &p("neps")], &[&p("sse")], vec![]));
+                new.push(node("Div", &[&p("sse"), &p("n")], &[&p("ve")], vec![]));
+            }
+            new.push(node("Sqrt", &[&p("ve")], &[&p("sd")], vec![]));
+            new.push(node("Div", &[&p("d"), &p("sd")], &[&p("xh")], vec![]));
+            match bias.filter(|b| !b.is_empty()) {
+                Some(b) => {
+                    new.push(node("Mul", &[&p("xh"), &scale], &[&p("xs")], vec![]));
+                    new.push(node("Add", &[&p("xs"), &b], &[&y], vec![]));
+                }
+                None => new.push(node("Mul", &[&p("xh"), &scale], &[&y], vec![])),
+            }
+        } else {
+            // training_mode given: the test graphs always pass `true`
+            let mut rng = Rng(0x5eed);
+            let numel: usize = shape.iter().product();
+            let u: Vec<f64> = (0..numel).map(|_| rng.next()).collect();
+            g.add_initializer(f64_init(&p("u"), &shape, &u));
+            g.add_initializer(f64_init(&p("one"), &[], &[1.0]));
+            let ratio = n.input[1].as_str();
+            new.push(node("Greater", &[&p("u"), ratio], &[&n.output[1]], vec![]));
+            new.push(node(
+                "Cast",
+                &[&n.output[1]],
+                &[&p("fm")],
+                vec![("to", A::I(11))],
+            ));
+            new.push(node("Sub", &[&p("one"), ratio], &[&p("keep")], vec![]));
+            new.push(node("Div", &[&p("fm"), &p("keep")], &[&p("sc")], vec![]));
+            new.push(node("Mul", &[&n.input[0], &p("sc")], &[&y], vec![]));
+        }
+        g.remove_node(i);
+        g.add_nodes(new).unwrap();
+    }
+}
+
+fn bn_case(name: &str, x: &[usize], training: bool, eps: f32) -> Case {
+    let c = x[1];
+    Case::new(
+        format!("BatchNormalization {name} x{x:?} training={training}"),
+        "y",
+    )
+    .input("x", x)
+    .input_in("scale", &[c], 0.5, 1.5)
+    .input("bias", &[c])
+    .input("mean", &[c])
+    .input_in("var", &[c], 0.5, 1.5)
+    .node(node(
+        "BatchNormalization",
+        &["x", "scale", "bias", "mean", "var"],
+        // training mode has the running mean and variance outputs (ONNX requires all three)
+        if training {
+            &["y", "running_mean", "running_var"]
+        } else {
+            &["y"]
+        },
+        vec![
+            ("epsilon", A::F(eps)),
+            ("training_mode", A::I(training as i64)),
+        ],
+    ))
+}
+
+#[test]
+fn batch_normalization_inference_mode() {
+    check(bn_case("4-D", &[2, 3, 4, 5], false, 1e-5), 400);
+    check(bn_case("2-D", &[4, 3], false, 1e-3), 401);
+    check(bn_case("3-D", &[2, 3, 5], false, 0.1), 402);
+}
+
+#[test]
+fn batch_normalization_training_mode() {
+    // input mean/var only feed the running statistics (not differentiated): their gradient is zero
+    check(bn_case("4-D", &[2, 3, 4, 5], true, 1e-5), 410);
+    check(bn_case("2-D", &[5, 3], true, 1e-3), 411);
+    check(bn_case("3-D", &[3, 2, 4], true, 0.1), 412);
+    let mut c = bn_case("momentum 0.9", &[2, 2, 3, 3], true, 1e-5);
+    c.nodes[0].attribute.push(AttributeProto {
+        name: Some("momentum".into()),
+        f: Some(0.9),
+        r#type: Some(AttributeType::Float as i32),
+        ..Default::default()
+    });
+    check(c, 413);
+}
+
+#[test]
+fn layer_normalization_axes_and_bias() {
+    for (x, axis, bias, eps) in [
+        (&[2usize, 3, 4][..], -1i64, true, 1e-5f32),
+        (&[2, 3, 4], 1, true, 1e-3),
+        (&[2, 3, 4], 0, false, 1e-5),
+        (&[4, 5], -1, false, 0.1),
+    ] {
+        let a = if axis < 0 { x.len() - 1 } else { axis as usize };
+        let mut c = Case::new(
+            format!("LayerNormalization x{x:?} axis {axis} bias {bias}"),
+            "y",
+        )
+        .input("x", x)
+        .input_in("scale", &x[a..], 0.5, 1.5);
+        let mut ins = vec!["x", "scale"];
+        if bias {
+            c = c.input("bias", &x[a..]);
+            ins.push("bias");
+        }
+        let c = c.node(node(
+            "LayerNormalization",
+            &ins,
+            &["y"],
+            vec![("axis", A::I(axis)), ("epsilon", A::F(eps))],
+        ));
+        check(c, 420);
+    }
+}
+
+#[test]
+fn clip_bounds_as_inputs_and_absent() {
+    // x in [0.6, 1] against lo in [0.7, 0.8] and hi in [0.85, 0.9]: elements below, between and above
+    // the bounds, so the gradients of x, lo and hi are all exercised (an element within eps of a bound is
+    // improbable with these seeds; the check would show it).
+    let mut c = Case::new("clip min max inputs", "y")
+        .input_in("x", &[3, 4], 0.6, 1.0)
+        .input_in("lo", &[], 0.7, 0.8)
+        .input_in("hi", &[], 0.85, 0.9);
+    c = c.node(node("Clip", &["x", "lo", "hi"], &["y"], vec![]));
+    check(c, 430);
+    let mut c = Case::new("clip inside", "y").input("x", &[3, 4]);
+    c.inits.push(f64_init("lo", &[], &[-2.0]));
+    c.inits.push(f64_init("hi", &[], &[2.0]));
+    let c = c.node(node("Clip", &["x", "lo", "hi"], &["y"], vec![]));
+    check(c, 431);
+    let mut c = Case::new("clip min only (relu6-like lower)", "y").input("x", &[2, 5]);
+    c.inits.push(f64_init("lo", &[], &[0.0]));
+    let c = c.node(node("Clip", &["x", "lo"], &["y"], vec![]));
+    check(c, 432);
+    let mut c = Case::new("clip max only", "y").input("x", &[2, 5]);
+    c.inits.push(f64_init("hi", &[], &[0.0]));
+    let c = c.node(node("Clip", &["x", "", "hi"], &["y"], vec![]));
+    check(c, 433);
+}
+
+#[test]
+fn dropout_training_and_inference() {
+    let mut c = Case::new("dropout training", "y").input("x", &[3, 4, 5]);
+    c.inits.push(f64_init("ratio", &[], &[0.3]));
+    c.inits.push(TensorProto {
+        name: Some("train".into()),
+        data_type: Some(DataType::Bool as i32),
+        raw_data: Some(Bytes::from_static(&[1])),
+        ..Default::default()
+    });
+    let c = c.node(node(
+        "Dropout",
+        &["x", "ratio", "train"],
+        &["y", "mask"],
+        vec![],
+    ));
+    check(c, 440);
+    let mut c = Case::new("dropout inference", "y").input("x", &[3, 4]);
+    c.inits.push(f64_init("ratio", &[], &[0.3]));
+    let c = c.node(node("Dropout", &["x", "ratio"], &["y"], vec![]));
+    check(c, 441);
+    let c = Case::new("dropout plain", "y")
+        .input("x", &[3, 4])
+        .node(node("Dropout", &["x"], &["y"], vec![]));
+    check(c, 442);
+}
+
+#[test]
+fn dropout_training_mode_computed_and_mask_required() {
+    // training_mode computed in the graph (not a constant): the rule selects with Where at run time
+    let mut c = Case::new("dropout computed training_mode", "y").input("x", &[2, 6]);
+    c.inits.push(f64_init("ratio", &[], &[0.25]));
+    c.inits.push(f64_init("one", &[], &[1.0]));
+    c.inits.push(f64_init("zero", &[], &[0.0]));
+    let c = c
+        .node(node("Greater", &["one", "zero"], &["train"], vec![]))
+        .node(node(
+            "Dropout",
+            &["x", "ratio", "train"],
+            &["y", "mask"],
+            vec![],
+        ));
+    check(c, 443);
+    // training_mode and ratio from Constant nodes, as PyTorch exports them
+    let mut c = Case::new("dropout constant nodes", "y")
+        .input("x", &[4, 3])
+        .node(node("Constant", &[], &["ratio"], vec![]))
+        .node(node("Constant", &[], &["train"], vec![]))
+        .node(node(
+            "Dropout",
+            &["x", "ratio", "train"],
+            &["y", "mask"],
+            vec![],
+        ));
+    let tensor_attr = |t: TensorProto| AttributeProto {
+        name: Some("value".into()),
+        t: Some(t),
+        r#type: Some(AttributeType::Tensor as i32),
+        ..Default::default()
+    };
+    c.nodes[0].attribute = vec![tensor_attr(f64_init("", &[], &[0.1]))];
+    c.nodes[1].attribute = vec![tensor_attr(TensorProto {
+        data_type: Some(DataType::Bool as i32),
+        raw_data: Some(Bytes::from_static(&[1])),
+        ..Default::default()
+    })];
+    check(c, 444);
+    // without the mask output the random draw cannot be differentiated: a clear error
+    let mut train = TensorProto {
+        name: Some("train".into()),
+        data_type: Some(DataType::Bool as i32),
+        raw_data: Some(Bytes::from_static(&[1])),
+        ..Default::default()
+    };
+    let forward = GraphProto {
+        node: vec![
+            node("Dropout", &["x", "ratio", "train"], &["y"], vec![]),
+            node("ReduceSum", &["y"], &["loss"], vec![("keepdims", A::I(0))]),
+        ],
+        initializer: vec![f64_init("ratio", &[], &[0.5]), {
+            train.dims = vec![];
+            train
+        }],
+        input: vec![value_info("x", DataType::Double, &[2, 3])],
+        output: vec![value_info("loss", DataType::Double, &[])],
+        ..Default::default()
+    };
+    let mut g = Graph::lift(model(forward)).unwrap();
+    let types = infer_shapes(&g, &[("x".to_owned(), vec![2, 3])]).unwrap();
+    let err = differentiate(&mut g, "loss", &["x".to_owned()], &types).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "node 'fwd/Dropout/y' (Dropout): Dropout: training-mode Dropout needs its mask output to be differentiated"
+    );
+}
+
+#[test]
+fn small_cnn_with_training_batch_norm() {
+    // Conv → BatchNormalization (training) → Relu → MaxPool 3x3 s2 p1 → depthwise Conv s2 → Conv 1x1 →
+    // GlobalAveragePool → Flatten → Gemm: every parameter and the input checked at once.
+    let c = Case::new("small cnn", "y")
+        .input("x", &[2, 2, 9, 9])
+        .input("w1", &[4, 2, 3, 3])
+        .input("b1", &[4])
+        .input_in("g", &[4], 0.5, 1.5)
+        .input("beta", &[4])
+        .input("rm", &[4])
+        .input_in("rv", &[4], 0.5, 1.5)
+        .input("w2", &[4, 1, 3, 3])
+        .input("w3", &[3, 4, 1, 1])
+        .input("fc", &[5, 3])
+        .input("fcb", &[5])
+        .node(node(
+            "Conv",
+            &["x", "w1", "b1"],
+            &["c1"],
+            vec![("pads", A::Is(vec![1, 1, 1, 1]))],
+        ))
+        .node(node(
+            "BatchNormalization",
+            &["c1", "g", "beta", "rm", "rv"],
+            &["bn", "rm.next", "rv.next"],
+            vec![("training_mode", A::I(1))],
+        ))
+        .node(node("Relu", &["bn"], &["r"], vec![]))
+        .node(node(
+            "MaxPool",
+            &["r"],
+            &["mp"],
+            pool_attrs(&[3, 3], &[2, 2], &[1, 1, 1, 1], vec![]),
+        ))
+        .node(node(
+            "Conv",
+            &["mp", "w2"],
+            &["c2"],
+            vec![
+                ("group", A::I(4)),
+                ("strides", A::Is(vec![2, 2])),
+                ("pads", A::Is(vec![1, 1, 1, 1])),
+            ],
+        ))
+        .node(node("Conv", &["c2", "w3"], &["c3"], vec![]))
+        .node(node("GlobalAveragePool", &["c3"], &["gap"], vec![]))
+        .node(node("Flatten", &["gap"], &["f"], vec![("axis", A::I(1))]))
+        .node(node(
+            "Gemm",
+            &["f", "fc", "fcb"],
+            &["y"],
+            vec![("transB", A::I(1))],
+        ));
+    check(c, 500);
+}
+
+#[test]
+fn expand_broadcasts_both_ways() {
+    for (x, shape) in [
+        (&[3usize, 1][..], &[2i64, 3, 4][..]),
+        (&[2, 3, 4], &[3, 1]),
+        (&[1, 4], &[3, 1]),
+        (&[], &[2, 2]),
+    ] {
+        let c = Case::new(format!("Expand {x:?} to {shape:?}"), "y")
+            .input("x", x)
+            .ints("s", shape)
+            .node(node("Expand", &["x", "s"], &["y"], vec![]));
+        check(c, 600);
+    }
+}
+
+#[test]
+fn split_with_sizes_and_unused_outputs() {
+    let c = Case::new("split sizes input, all used", "y")
+        .input("x", &[2, 7, 3])
+        .ints("sizes", &[2, 4, 1])
+        .node(node(
+            "Split",
+            &["x", "sizes"],
+            &["a", "b", "c"],
+            vec![("axis", A::I(1))],
+        ))
+        .node(node(
+            "ReduceSum",
+            &["b"],
+            &["bs"],
+            vec![("keepdims", A::I(1))],
+        ))
+        .node(node("Mul", &["a", "bs"], &["ab"], vec![]))
+        .node(node(
+            "Concat",
+            &["ab", "c"],
+            &["y"],
+            vec![("axis", A::I(1))],
+        ));
+    check(c, 610);
+    let c = Case::new("split equal, one output unused", "y")
+        .input("x", &[6, 2])
+        .node(node("Split", &["x"], &["a", "b", "c"], vec![]))
+        .node(node("Mul", &["a", "c"], &["y"], vec![]));
+    check(c, 611);
+    let c = Case::new("split last axis equal", "y")
+        .input("x", &[2, 4])
+        .node(node("Split", &["x"], &["a", "b"], vec![("axis", A::I(-1))]))
+        .node(node("Neg", &["b"], &["y"], vec![]));
+    check(c, 612);
 }

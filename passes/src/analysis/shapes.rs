@@ -498,6 +498,15 @@ fn infer_node(c: &OpCtx) -> NodeResult {
             };
             Ok((vec![t], vec![v]))
         }
+        "ScatterElements" | "ScatterND" => same(c.input(0)?.clone()),
+        "OneHot" => {
+            let idx = c.shape(0)?;
+            let depth = *c.const_input(1)?.first().ok_or("empty depth")?;
+            let axis = norm_axis(attr_int(node, "axis").unwrap_or(-1), idx.len() + 1)?;
+            let mut out = idx.to_vec();
+            out.insert(axis, depth.max(0) as usize);
+            same(TensorType::new(c.input(2)?.dtype, out))
+        }
         "CastLike" => Ok((
             vec![TensorType::new(c.input(1)?.dtype, c.shape(0)?.to_vec())],
             vec![],

@@ -5,8 +5,10 @@ mod activations;
 mod conv;
 mod elementwise;
 mod matmul;
+mod norm;
 mod pool;
 mod reduce;
+mod regularize;
 mod shape_ops;
 mod softmax;
 
@@ -39,12 +41,18 @@ pub fn rule_for(op: &str) -> Option<Rule> {
         "Concat" => shape_ops::concat,
         "Slice" => shape_ops::slice,
         "Gather" => shape_ops::gather,
+        "Expand" => shape_ops::expand,
+        "Split" => shape_ops::split,
         "ReduceSum" => reduce::reduce_sum,
         "ReduceMean" => reduce::reduce_mean,
         "Conv" => conv::conv,
         "GlobalAveragePool" => pool::global_average_pool,
         "AveragePool" => pool::average_pool,
         "MaxPool" => pool::max_pool,
+        "BatchNormalization" => norm::batch_normalization,
+        "LayerNormalization" => norm::layer_normalization,
+        "Clip" => regularize::clip,
+        "Dropout" => regularize::dropout,
         "Softmax" => softmax::softmax,
         "LogSoftmax" => softmax::log_softmax,
         "Shape" | "Size" | "Constant" | "ConstantOfShape" | "Equal" | "Less" | "Greater"

@@ -1,4 +1,4 @@
-//! Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Slice, Gather.
+//! Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Slice, Gather, Expand, Split.
 
 use crate::analysis::shapes::{attr_int, attr_ints, norm_axis, slice_params};
 use crate::autodiff::{Attr, GradCtx, RuleArgs};
@@ -86,4 +86,30 @@ pub fn gather(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let p = ctx.op("MatMul", &[&oht, &dy3], vec![]);
     let g = ctx.reshape(&p, &shape);
     Ok(only(2, 0, g))
+}
+
+/// `Y = Expand(X, shape)` (bidirectional broadcasting): dX sums dY over the broadcast axes.
+pub fn expand(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let g = ctx.reduce_to_shape(a.dy0()?, a.out_shape(0)?, a.in_shape(0)?)?;
+    Ok(only(2, 0, g))
+}
+
+/// `Split(X, split?)` along `axis`: dX concatenates the outputs' gradients, zeros for outputs no gradient
+/// reaches.
+pub fn split(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let t = a.in_type(0)?.clone();
+    let axis = norm_axis(attr_int(a.node, "axis").unwrap_or(0), t.shape.len())?;
+    let mut parts = Vec::with_capacity(a.node.output.len());
+    for k in 0..a.node.output.len() {
+        match a.dy.get(k).and_then(Option::as_ref) {
+            Some(g) => parts.push(g.clone()),
+            None => {
+                let s = a.out_shape(k)?.to_vec();
+                parts.push(ctx.filled(t.dtype, &s, 0.0));
+            }
+        }
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let g = ctx.op("Concat", &refs, vec![("axis", Attr::Int(axis as i64))]);
+    Ok(only(a.node.input.len(), 0, g))
 }

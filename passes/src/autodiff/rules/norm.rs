@@ -1,0 +1,163 @@
+//! Normalizations: BatchNormalization (training mode: batch statistics; inference mode: the given mean and
+//! variance) and LayerNormalization. Means are emitted as ReduceSum × 1/count (ReduceSum takes its axes as
+//! an input from opset 13 on, ReduceMean only from opset 18).
+
+use crate::analysis::shapes::{attr_float, attr_int, norm_axis};
+use crate::autodiff::{GradCtx, RuleArgs};
+
+type Grads = Result<Vec<Option<String>>, String>;
+
+/// Mean over `axes` (kept), as ReduceSum divided by the count.
+fn mean(ctx: &mut GradCtx, x: &str, shape: &[usize], axes: &[usize], dtype: i32) -> String {
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    let s = ctx.reduce_sum(x, axes, true);
+    let k = ctx.scalar(dtype, count as f64);
+    ctx.op("Div", &[&s, &k], vec![])
+}
+
+/// The normalized input and 1/√(var + ε) over `axes` (kept), recomputed from `x`: (x̂, inv).
+fn normalize(
+    ctx: &mut GradCtx,
+    x: &str,
+    shape: &[usize],
+    axes: &[usize],
+    dtype: i32,
+    eps: f64,
+) -> (String, String) {
+    let m = mean(ctx, x, shape, axes, dtype);
+    let d = ctx.op("Sub", &[x, &m], vec![]);
+    let sq = ctx.op("Mul", &[&d, &d], vec![]);
+    // var + ε = (Σ d² + n·ε) / n. Adding before dividing keeps tract 0.23 from fusing
+    // `Mul(d, d) → ReduceSum → Mul(1/n)` into its mean-of-squares reducer, which computes in float32
+    // even for float64 tensors.
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    let ss = ctx.reduce_sum(&sq, axes, true);
+    let ne = ctx.scalar(dtype, count as f64 * eps);
+    let sse = ctx.op("Add", &[&ss, &ne], vec![]);
+    let n = ctx.scalar(dtype, count as f64);
+    let ve = ctx.op("Div", &[&sse, &n], vec![]);
+    let sd = ctx.op("Sqrt", &[&ve], vec![]);
+    let one = ctx.scalar(dtype, 1.0);
+    let inv = ctx.op("Div", &[&one, &sd], vec![]);
+    let xhat = ctx.op("Mul", &[&d, &inv], vec![]);
+    (xhat, inv)
+}
+
+/// dX of `Y = g·x̂ + b` with x̂ normalized over `axes` by its own statistics:
+/// dX = inv · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), dx̂ = dY · g.
+fn normalized_input_grad(
+    ctx: &mut GradCtx,
+    dxhat: &str,
+    xhat: &str,
+    inv: &str,
+    shape: &[usize],
+    axes: &[usize],
+    dtype: i32,
+) -> String {
+    let m1 = mean(ctx, dxhat, shape, axes, dtype);
+    let p = ctx.op("Mul", &[dxhat, xhat], vec![]);
+    let m2 = mean(ctx, &p, shape, axes, dtype);
+    let t = ctx.op("Mul", &[xhat, &m2], vec![]);
+    let a = ctx.op("Sub", &[dxhat, &m1], vec![]);
+    let b = ctx.op("Sub", &[&a, &t], vec![]);
+    ctx.op("Mul", &[&b, inv], vec![])
+}
+
+/// BatchNormalization over X [N, C, …] with per-channel scale, bias, mean and var. Training mode
+/// (`training_mode = 1`) normalizes by the batch statistics over N and the spatial axes; the running
+/// statistics outputs are not differentiated and the input mean/var get no gradient. Inference mode uses
+/// the input mean and variance, which then get their gradients too.
+pub fn batch_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let t = a.in_type(0)?.clone();
+    let (shape, dtype) = (t.shape.clone(), t.dtype);
+    if shape.len() < 2 {
+        return Err(format!("input {shape:?} has no channel axis"));
+    }
+    for slot in 1..5 {
+        if a.in_type(slot)?.dtype != dtype {
+            return Err("mixed input/parameter float types are not supported".into());
+        }
+    }
+    let eps = attr_float(a.node, "epsilon").unwrap_or(1e-5) as f64;
+    let training = attr_int(a.node, "training_mode").unwrap_or(0) != 0;
+    let c = shape[1];
+    let mut cshape = vec![c];
+    cshape.extend(vec![1; shape.len() - 2]);
+    let axes: Vec<usize> = std::iter::once(0).chain(2..shape.len()).collect();
+    let dy = a.dy0()?.to_owned();
+    let scale = ctx.reshape(a.input(1), &cshape);
+    let mut out = vec![None; a.node.input.len()];
+    let (xhat, inv) = if training {
+        normalize(ctx, a.input(0), &shape, &axes, dtype, eps)
+    } else {
+        let m = ctx.reshape(a.input(3), &cshape);
+        let v = ctx.reshape(a.input(4), &cshape);
+        let e = ctx.scalar(dtype, eps);
+        let ve = ctx.op("Add", &[&v, &e], vec![]);
+        let sd = ctx.op("Sqrt", &[&ve], vec![]);
+        let one = ctx.scalar(dtype, 1.0);
+        let inv = ctx.op("Div", &[&one, &sd], vec![]);
+        let d = ctx.op("Sub", &[a.input(0), &m], vec![]);
+        let xhat = ctx.op("Mul", &[&d, &inv], vec![]);
+        (xhat, inv)
+    };
+    let dxhat = ctx.op("Mul", &[&dy, &scale], vec![]);
+    if a.needs(0) {
+        out[0] = Some(if training {
+            normalized_input_grad(ctx, &dxhat, &xhat, &inv, &shape, &axes, dtype)
+        } else {
+            ctx.op("Mul", &[&dxhat, &inv], vec![])
+        });
+    }
+    if a.needs(1) {
+        let p = ctx.op("Mul", &[&dy, &xhat], vec![]);
+        out[1] = Some(ctx.reduce_sum(&p, &axes, false));
+    }
+    if a.needs(2) {
+        out[2] = Some(ctx.reduce_sum(&dy, &axes, false));
+    }
+    if !training && (a.needs(3) || a.needs(4)) {
+        // dmean = −Σ dx̂·inv; dvar = Σ dx̂·x̂ · (−½)·inv²
+        let g = ctx.op("Mul", &[&dxhat, &inv], vec![]);
+        if a.needs(3) {
+            let s = ctx.reduce_sum(&g, &axes, false);
+            out[3] = Some(ctx.op("Neg", &[&s], vec![]));
+        }
+        if a.needs(4) {
+            let p = ctx.op("Mul", &[&g, &xhat], vec![]);
+            let s = ctx.reduce_sum(&p, &axes, true);
+            let q = ctx.op("Mul", &[&s, &inv], vec![]);
+            let h = ctx.scalar(dtype, -0.5);
+            let r = ctx.op("Mul", &[&q, &h], vec![]);
+            out[4] = Some(ctx.reshape(&r, &[c]));
+        }
+    }
+    Ok(out)
+}
+
+/// LayerNormalization over the axes from `axis` on, with Scale and optional B broadcast to that shape.
+/// The Mean and InvStdDev outputs are not differentiated.
+pub fn layer_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let t = a.in_type(0)?.clone();
+    let (shape, dtype) = (t.shape.clone(), t.dtype);
+    let axis = norm_axis(attr_int(a.node, "axis").unwrap_or(-1), shape.len())?;
+    let eps = attr_float(a.node, "epsilon").unwrap_or(1e-5) as f64;
+    let axes: Vec<usize> = (axis..shape.len()).collect();
+    let dy = a.dy0()?.to_owned();
+    let (xhat, inv) = normalize(ctx, a.input(0), &shape, &axes, dtype, eps);
+    let mut out = vec![None; a.node.input.len()];
+    if a.needs(0) {
+        let dxhat = ctx.op("Mul", &[&dy, a.input(1)], vec![]);
+        out[0] = Some(normalized_input_grad(
+            ctx, &dxhat, &xhat, &inv, &shape, &axes, dtype,
+        ));
+    }
+    if a.needs(1) {
+        let p = ctx.op("Mul", &[&dy, &xhat], vec![]);
+        out[1] = Some(ctx.reduce_to_shape(&p, &shape, a.in_shape(1)?)?);
+    }
+    if a.node.input.len() > 2 && !a.input(2).is_empty() && a.needs(2) {
+        out[2] = Some(ctx.reduce_to_shape(&dy, &shape, a.in_shape(2)?)?);
+    }
+    Ok(out)
+}
