@@ -252,3 +252,39 @@ fn vit_step_models_agree_on_ort_and_tract() {
     check("vit_every2", &r, false);
     check("vit_every2_detach", &r, true);
 }
+
+/// The PyTorch training-mode export (BatchNormalization training_mode=1, Dropout with ratio and training_mode
+/// inputs): its step model passes onnx.checker and runs on ORT CPU (tract refuses training-mode Dropout), and
+/// two runs give the same running statistics (batch statistics) but, through Dropout's random mask, may differ
+/// only in the loss and the parameters.
+#[test]
+fn pytorch_training_mode_export_step_runs_on_ort() {
+    let model =
+        rl_passes::io::load_model(&common::fixture("exporters/resnet_torchscript_train.onnx"))
+            .unwrap()
+            .model;
+    let m = compile_train(
+        &model,
+        &TrainOptions {
+            batch_size: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("torch_train_step.onnx");
+    std::fs::write(&path, m.step.encode_to_vec()).unwrap();
+    common::onnx_check(&[&path]);
+    if !common::ort_available() {
+        return;
+    }
+    let (floats, labels) = feeds(&m);
+    let a = run_ort(&m.step, &floats, &labels, &m.manifest.labels);
+    let b = run_ort(&m.step, &floats, &labels, &m.manifest.labels);
+    assert!(a["loss"][0].is_finite());
+    for s in &m.manifest.state {
+        if s.name.ends_with("running_mean") || s.name.ends_with("running_var") {
+            assert_eq!(a[&s.next], b[&s.next], "{}", s.next);
+        }
+    }
+}

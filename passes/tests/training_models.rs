@@ -534,3 +534,39 @@ fn eval_model_keeps_inference_batchnorm_with_running_statistics_as_inputs() {
         );
     }
 }
+
+/// The PyTorch training-mode export (BatchNormalization training_mode=1 with running-statistics outputs, Dropout
+/// with ratio and training_mode inputs) compiles: BN becomes the elementary training form with its running
+/// statistics as state, Dropout stays in training mode with its mask; the eval model is in inference mode.
+#[test]
+fn pytorch_training_mode_export_is_accepted() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/exporters/resnet_torchscript_train.onnx");
+    let model = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let m = compile_train(&model, &TrainOptions::default()).unwrap();
+    let g = m.step.graph.as_ref().unwrap();
+    assert!(g.node.iter().all(|n| n.op_type() != "BatchNormalization"));
+    let state: Vec<&str> = m.manifest.state.iter().map(|s| s.name.as_str()).collect();
+    assert!(state.contains(&"stem.1.running_mean") && state.contains(&"layers.8.bn2.running_var"));
+    assert_eq!(
+        state.iter().filter(|s| s.ends_with("running_mean")).count(),
+        21
+    );
+    let dropout: Vec<_> = g.node.iter().filter(|n| n.op_type() == "Dropout").collect();
+    assert_eq!(dropout.len(), 1);
+    assert_eq!(dropout[0].input[2], "train/dropout_training");
+    assert!(
+        g.initializer
+            .iter()
+            .any(|t| t.name() == "train/dropout_training"
+                && t.raw_data.as_deref() == Some(&[1u8][..]))
+    );
+    let e = m.eval.graph.as_ref().unwrap();
+    for n in &e.node {
+        if n.op_type() == "BatchNormalization" || n.op_type() == "Dropout" {
+            assert_eq!(n.output.len(), 1, "{}", n.name());
+            assert!(n.attribute.iter().all(|a| a.name() != "training_mode"));
+            assert!(n.input.len() <= 5 && (n.op_type() != "Dropout" || n.input.len() <= 2));
+        }
+    }
+}

@@ -176,3 +176,42 @@ pub fn inference_mode(g: &mut Graph) -> Result<(), TrainError> {
     g.relink()?;
     Ok(())
 }
+
+/// Every Dropout of the step model runs in training mode: its `training_mode` input becomes a constant `true`
+/// (one shared boolean initializer named `name`) and it gets a mask output when it has none (the gradient
+/// rule multiplies by the mask). The ratio stays the node's own (default 0.5).
+pub fn dropout_training(g: &mut Graph, name: &str) -> Result<usize, TrainError> {
+    let targets: Vec<_> = g
+        .dag
+        .node_indices()
+        .filter(|&i| g.dag[i].op_type() == "Dropout")
+        .collect();
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    if g.producer(name).is_some() {
+        return Err(TrainError::NameClash(name.to_owned()));
+    }
+    g.add_initializer(crate::onnx::TensorProto {
+        name: Some(name.to_owned()),
+        data_type: Some(crate::onnx::tensor_proto::DataType::Bool as i32),
+        raw_data: Some(bytes::Bytes::from(vec![1u8])),
+        ..Default::default()
+    });
+    for &i in &targets {
+        let mask = if g.dag[i].output.get(1).is_some_and(|m| !m.is_empty()) {
+            None
+        } else {
+            Some(g.fresh_name(&format!("{}.mask", g.dag[i].output[0])))
+        };
+        let n = &mut g.dag[i];
+        n.input.resize(2, String::new());
+        n.input.push(name.to_owned());
+        if let Some(m) = mask {
+            n.output.resize(1, String::new());
+            n.output.push(m);
+        }
+    }
+    g.relink()?;
+    Ok(targets.len())
+}

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::batchnorm::{batchnorm_training, bn_tensors, inference_mode};
+use super::batchnorm::{batchnorm_training, bn_tensors, dropout_training, inference_mode};
 use super::builder::{value_info, zeros, Builder};
 use super::loss::softmax_cross_entropy;
 use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
@@ -27,6 +27,8 @@ const LABELS: &str = "labels";
 const LR: &str = "lr";
 const LOSS: &str = "loss";
 const CORRECT: &str = "correct";
+/// The boolean initializer switching the step model's Dropout nodes to training mode.
+const DROPOUT_TRAINING: &str = "train/dropout_training";
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -388,6 +390,7 @@ pub fn compile_train(
     }
 
     // BatchNormalization in training mode; running statistics become state.
+    dropout_training(&mut g, DROPOUT_TRAINING)?;
     let mut b = Builder::default();
     let running = batchnorm_training(&mut g, &mut b, &types)?;
 
