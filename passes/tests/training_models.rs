@@ -144,7 +144,14 @@ impl Runner {
                 (i.name().to_owned(), dt, s)
             })
             .collect();
-        let bytes = m.encode_to_vec();
+        // tract 0.23 names a node it adds while translating a Conv with a non-constant bias `{conv}.bias`,
+        // which clashes with an input of that name (the ViT's `conv_proj.bias`): node names carry no meaning,
+        // so the tract run gets prefixed ones.
+        let mut renamed = m.clone();
+        for (k, n) in renamed.graph.as_mut().unwrap().node.iter_mut().enumerate() {
+            n.name = Some(format!("n{k}/{}", n.name()));
+        }
+        let bytes = renamed.encode_to_vec();
         let mut tm = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
         for (k, (_, dt, s)) in inputs.iter().enumerate() {
             tm = tm
@@ -194,6 +201,109 @@ impl Runner {
     }
 }
 
+fn f64_const(g: &mut GraphProto, name: &str, dims: &[i64], v: &[f64]) -> String {
+    g.initializer.push(f64_tensor(name, dims, v));
+    name.to_owned()
+}
+
+fn i64_const(g: &mut GraphProto, name: &str, v: &[i64]) -> String {
+    g.initializer.push(TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        raw_data: Some(Bytes::from(
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        )),
+        ..Default::default()
+    });
+    name.to_owned()
+}
+
+/// tract 0.23 cannot evaluate Erf in float64 ("does not support F64"), and turns LayerNormalization into a
+/// mean-of-squares reducer that computes in float32 even for float64 tensors. For float64 runs, the workaround
+/// pattern of `autodiff_fd.rs`: each such *forward* node is replaced by an exact float64 definition producing
+/// the same value names (Erf by its Maclaurin series, 60 terms; LayerNormalization over its trailing axes with
+/// the variance as `(Σ d² + n·ε) / n`), so the backward graph is run unchanged.
+fn tract_f64_workarounds(m: &mut ModelProto, shapes: &HashMap<String, Vec<usize>>) {
+    let g = m.graph.as_mut().unwrap();
+    let old = std::mem::take(&mut g.node);
+    for n in old {
+        let y = n.output[0].clone();
+        let p = |s: &str| format!("tw/{y}/{s}");
+        let x = n.input.first().cloned().unwrap_or_default();
+        match n.op_type() {
+            "Erf" => {
+                let k2 = f64_const(g, &p("k"), &[], &[std::f64::consts::FRAC_2_SQRT_PI]);
+                g.node.push(node("Mul", &[&x, &x], &p("x2"), &[]));
+                g.node.push(node("Neg", &[&p("x2")], &p("nx2"), &[]));
+                let (mut term, mut sum) = (x.clone(), x.clone());
+                for k in 1..60 {
+                    let c = f64_const(
+                        g,
+                        &p(&format!("c{k}")),
+                        &[],
+                        &[1.0 / (k as f64 * (2 * k + 1) as f64) * (2 * k - 1) as f64],
+                    );
+                    // term_k = term_{k-1} · (−x²) / k, u_k = term_k / (2k + 1); the constant folds
+                    // (2k − 1)/(k (2k + 1)) onto the previous u.
+                    let t = p(&format!("t{k}"));
+                    let s2 = p(&format!("s{k}"));
+                    g.node
+                        .push(node("Mul", &[&term, &p("nx2")], &p(&format!("a{k}")), &[]));
+                    g.node
+                        .push(node("Mul", &[&p(&format!("a{k}")), &c], &t, &[]));
+                    g.node.push(node("Add", &[&sum, &t], &s2, &[]));
+                    term = t;
+                    sum = s2;
+                }
+                g.node.push(node("Mul", &[&sum, &k2], &y, &[]));
+            }
+            "LayerNormalization" => {
+                let shape = &shapes[&x];
+                let r = shape.len() as i64;
+                let axis = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "axis")
+                    .and_then(|a| a.i)
+                    .unwrap_or(-1);
+                let axis = if axis < 0 { axis + r } else { axis };
+                let axes: Vec<i64> = (axis..r).collect();
+                let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
+                let eps = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "epsilon")
+                    .and_then(|a| a.f)
+                    .unwrap_or(1e-5) as f64;
+                let ax = i64_const(g, &p("axes"), &axes);
+                let nn = f64_const(g, &p("n"), &[], &[count as f64]);
+                let ne = f64_const(g, &p("neps"), &[], &[count as f64 * eps]);
+                g.node.push(node("ReduceSum", &[&x, &ax], &p("ms"), &[]));
+                g.node.push(node("Div", &[&p("ms"), &nn], &p("m"), &[]));
+                g.node.push(node("Sub", &[&x, &p("m")], &p("d"), &[]));
+                g.node.push(node("Mul", &[&p("d"), &p("d")], &p("sq"), &[]));
+                g.node
+                    .push(node("ReduceSum", &[&p("sq"), &ax], &p("ss"), &[]));
+                g.node.push(node("Add", &[&p("ss"), &ne], &p("sse"), &[]));
+                g.node.push(node("Div", &[&p("sse"), &nn], &p("ve"), &[]));
+                g.node.push(node("Sqrt", &[&p("ve")], &p("sd"), &[]));
+                g.node
+                    .push(node("Div", &[&p("d"), &p("sd")], &p("xh"), &[]));
+                match n.input.get(2).filter(|b| !b.is_empty()) {
+                    Some(b) => {
+                        g.node
+                            .push(node("Mul", &[&p("xh"), &n.input[1]], &p("xs"), &[]));
+                        g.node.push(node("Add", &[&p("xs"), b], &y, &[]));
+                    }
+                    None => g.node.push(node("Mul", &[&p("xh"), &n.input[1]], &y, &[])),
+                }
+            }
+            _ => g.node.push(n),
+        }
+    }
+}
+
 /// Feeds: initial parameter/state values, a random batch, labels, lr.
 fn feeds(m: &TrainingModels, batch: &[usize], lr: f64, seed: u64) -> HashMap<String, Vec<f64>> {
     let mut rng = Rng(seed);
@@ -219,6 +329,17 @@ fn sgd_plain(batch: usize, detach: bool) -> TrainOptions {
         detach_neighbours: detach,
         ..Default::default()
     }
+}
+
+/// The step model with the float64 workarounds for tract, given the forward model's value shapes.
+fn patched(step: &ModelProto, model: &ModelProto, batch: &[usize]) -> ModelProto {
+    let g = rl_passes::ir::Graph::lift(model.clone()).unwrap();
+    let input = g.data_inputs()[0].clone();
+    let types = rl_passes::analysis::shapes::infer_shapes(&g, &[(input, batch.to_vec())]).unwrap();
+    let shapes = types.into_iter().map(|(k, t)| (k, t.shape)).collect();
+    let mut m = step.clone();
+    tract_f64_workarounds(&mut m, &shapes);
+    m
 }
 
 /// The loss of a rewritten model as a function with the neighbours' path through the integration cut: each
@@ -259,7 +380,7 @@ fn detached_reference(model: &ModelProto) -> ModelProto {
 /// number of entries checked and the worst relative error.
 fn check_gradients(model: &ModelProto, detach: bool, batch: &[usize]) -> (usize, f64) {
     let m = compile_train(model, &sgd_plain(batch[0], detach)).unwrap();
-    let r = Runner::new(&m.step);
+    let r = Runner::new(&patched(&m.step, model, batch));
     let base = feeds(&m, batch, 1.0, 11);
     let out = r.run(&base);
     // The loss function: the step model itself, or that of the cut model (fed the same values, the copies
@@ -268,7 +389,7 @@ fn check_gradients(model: &ModelProto, detach: bool, batch: &[usize]) -> (usize,
         let cut = compile_train(&detached_reference(model), &sgd_plain(batch[0], false)).unwrap();
         let mut f = feeds(&cut, batch, 1.0, 11);
         f.extend(base.clone());
-        (Runner::new(&cut.step), f)
+        (Runner::new(&patched(&cut.step, model, batch)), f)
     } else {
         (r, base)
     };
@@ -344,6 +465,35 @@ fn resnet_every2_gradients_match_finite_differences_f64() {
     for detach in [false, true] {
         let (n, worst) = check_gradients(&m, detach, &[4, 3, 8, 8]);
         eprintln!("resnet every 2 (detach {detach}): {n} entries, worst relative error {worst:e}");
+    }
+}
+
+fn small_vit() -> ModelProto {
+    rl_models::build_custom_vit(
+        4,
+        8,
+        2,
+        16,
+        4,
+        &ZooOptions {
+            classes: 3,
+            image_size: 8,
+            channels: 3,
+            seed: 1,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn vit_gradients_match_finite_differences_f64() {
+    let m = to_f64(small_vit());
+    let (n, worst) = check_gradients(&m, false, &[4, 3, 8, 8]);
+    eprintln!("ViT BP: {n} entries, worst relative error {worst:e}");
+    let r = to_f64(every2(small_vit()));
+    for detach in [false, true] {
+        let (n, worst) = check_gradients(&r, detach, &[4, 3, 8, 8]);
+        eprintln!("ViT every 2 (detach {detach}): {n} entries, worst relative error {worst:e}");
     }
 }
 
