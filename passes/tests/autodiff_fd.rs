@@ -1563,3 +1563,56 @@ fn split_with_sizes_and_unused_outputs() {
         .node(node("Neg", &["b"], &["y"], vec![]));
     check(c, 612);
 }
+
+#[test]
+fn conv_and_pools_auto_pad_and_3d() {
+    let cases = vec![
+        conv_case(
+            // (ORT runs no dilation with SAME_*, so none here)
+            "SAME_LOWER stride 2",
+            &[1, 2, 7, 6],
+            &[3, 2, 3, 2],
+            true,
+            vec![
+                ("strides", A::Is(vec![2, 2])),
+                ("auto_pad", A::S("SAME_LOWER")),
+            ],
+        ),
+        conv_case(
+            "VALID stride 3",
+            &[2, 2, 8, 7],
+            &[2, 2, 2, 3],
+            false,
+            vec![("strides", A::Is(vec![3, 3])), ("auto_pad", A::S("VALID"))],
+        ),
+        conv_case(
+            "3-D stride (2,1,2), pads, groups 2",
+            &[1, 4, 5, 4, 5],
+            &[2, 2, 2, 3, 2],
+            true,
+            vec![
+                ("strides", A::Is(vec![2, 1, 2])),
+                ("pads", A::Is(vec![1, 0, 1, 0, 1, 0])),
+                ("group", A::I(2)),
+            ],
+        ),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check(c, 700 + i as u64);
+    }
+    for op in ["MaxPool", "AveragePool"] {
+        let c = Case::new(format!("{op} SAME_UPPER 3x3 s2"), "y")
+            .input("x", &[2, 2, 6, 7])
+            .node(node(
+                op,
+                &["x"],
+                &["y"],
+                vec![
+                    ("kernel_shape", A::Is(vec![3, 3])),
+                    ("strides", A::Is(vec![2, 2])),
+                    ("auto_pad", A::S("SAME_UPPER")),
+                ],
+            ));
+        check(c, 710);
+    }
+}

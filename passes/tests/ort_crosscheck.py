@@ -95,7 +95,12 @@ def main(folder):
                 print(f"FAIL {name}: ORT load: {e}")
                 failures += 1
                 continue
-        got = sess.run(None, feeds)
+        try:
+            got = sess.run(None, feeds)
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL {name}: ORT run: {e}")
+            failures += 1
+            continue
         worst = 0.0
         for g, e in zip(got, expected):
             g = np.asarray(g, np.float64)
