@@ -50,7 +50,7 @@ pub fn compile_train_command(req: &CompileTrainRequest) -> Result<i32> {
         .map(|p| p.shape.iter().product::<usize>())
         .sum();
     println!(
-        "training step: {} trainable tensors ({params} values), {} optimizer state tensors, batch {}, {}",
+        "training step: {} trainable tensors ({params} values), {} state tensors (optimizer state, BatchNormalization running statistics), batch {}, {}",
         m.params.len(),
         m.state.len(),
         m.batch_size,

@@ -193,6 +193,8 @@ fn compile_train_refuses_what_it_cannot_train_with_a_clear_message() {
         .args([
             "compile-train",
             model.to_str().unwrap(),
+            "--label-smoothing",
+            "1",
             "-o",
             dir.path().join("s.onnx").to_str().unwrap(),
         ])
@@ -201,8 +203,60 @@ fn compile_train_refuses_what_it_cannot_train_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("r20.onnx") && err.contains("BatchNormalization"),
+        err.contains("r20.onnx") && err.contains("label smoothing"),
         "{err}"
     );
     assert!(!dir.path().join("s.onnx").exists());
+}
+
+#[test]
+fn compile_train_takes_batchnorm_running_statistics_as_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("r20.onnx");
+    let bin = env!("CARGO_BIN_EXE_rl-rewrite");
+    assert!(Command::new(bin)
+        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let step = dir.path().join("s.onnx");
+    let eval = dir.path().join("e.onnx");
+    let out = Command::new(bin)
+        .args([
+            "compile-train",
+            model.to_str().unwrap(),
+            "-o",
+            step.to_str().unwrap(),
+            "--eval-out",
+            eval.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let m = rl_passes::io::load_model(&step).unwrap().model;
+    let g = m.graph.as_ref().unwrap();
+    assert!(g.node.iter().all(|n| n.op_type() != "BatchNormalization"));
+    let outputs: Vec<&str> = g.output.iter().map(|o| o.name()).collect();
+    let stats = outputs
+        .iter()
+        .filter(|o| o.ends_with("running_mean.next") || o.ends_with("running_var.next"))
+        .count();
+    let bn = rl_passes::io::load_model(&model)
+        .unwrap()
+        .model
+        .graph
+        .unwrap()
+        .node;
+    let bn = bn
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .count();
+    assert_eq!(bn, 21);
+    assert_eq!(
+        stats,
+        2 * bn,
+        "two running statistics per BatchNormalization"
+    );
+    common::onnx_check(&[&step, &eval]);
 }

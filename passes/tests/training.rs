@@ -17,7 +17,7 @@ use rl_passes::onnx::{
 use rl_passes::pass::{Changed, Pass};
 use rl_passes::passes::DeadCodeElimination;
 use rl_passes::pipeline::{rewrite, RewriteOptions};
-use rl_passes::training::{compile_train, Optimizer, TrainError, TrainOptions, TrainingModels};
+use rl_passes::training::{compile_train, Optimizer, TrainOptions, TrainingModels};
 use tract_onnx::prelude::*;
 
 struct Rng(u64);
@@ -713,30 +713,4 @@ fn stopping_a_gradient_at_one_input_slot() {
         let out = r.run(&HashMap::from([("x".to_owned(), vec![1.0, -2.0, 0.5])]));
         assert_eq!(out[&grads["x"]], [factor, -2.0 * factor, 0.5 * factor]);
     }
-}
-
-#[test]
-fn batch_normalization_is_refused_clearly() {
-    let inits = vec![
-        tensor("s", DataType::Float, &[3], &[1.0; 3]),
-        tensor("bb", DataType::Float, &[3], &[0.0; 3]),
-        tensor("mean", DataType::Float, &[3], &[0.0; 3]),
-        tensor("var", DataType::Float, &[3], &[1.0; 3]),
-    ];
-    let m = model(
-        vec![node(
-            "BatchNormalization",
-            &["x", "s", "bb", "mean", "var"],
-            "y",
-            &[],
-        )],
-        inits,
-        vi("x", DataType::Float, &[None, Some(3)]),
-        vi("y", DataType::Float, &[None, Some(3)]),
-    );
-    let err = compile_train(&m, &TrainOptions::default()).err().unwrap();
-    assert!(
-        matches!(err, TrainError::Unsupported(ref s) if s.contains("BatchNormalization")),
-        "{err}"
-    );
 }

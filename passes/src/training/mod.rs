@@ -25,15 +25,23 @@
 //! Weight decay never applies to `a`/`b`, to tensors of rank ≤ 1 (biases) or to normalization scales and
 //! biases, unless [`TrainOptions::decay_all`].
 //!
-//! BatchNormalization (training mode, running statistics as state) is not supported yet: models with it are
-//! refused with a clear error.
+//! BatchNormalization runs in training mode (batch statistics, written in elementary standard ops so that every engine runs it):
+//! its running mean and variance are **state** inputs under their initializer names (not trainable, no weight
+//! decay), after the optimizer state, and `x.next` is the running statistic updated with the node's momentum
+//! (default 0.9): `x · momentum + batch · (1 − momentum)`, batch variance biased as in the ONNX definition.
+//! Its scale and bias are trainable (no weight decay unless [`TrainOptions::decay_all`]). Dropout runs in
+//! training mode (a fresh random mask each step, ratio from the node): on engines that implement it, such as
+//! ONNX Runtime; tract refuses training-mode Dropout.
 //!
 //! # The eval model
 //!
 //! The forward model at the same fixed batch size with inputs batch and `labels`, outputs the model's own
-//! outputs plus `loss` and `correct`; parameters stay initializers, and each trainable one is also listed as a
-//! graph input, so trained values can be fed in place of the stored defaults.
+//! outputs plus `loss` and `correct`; BatchNormalization and Dropout run in inference mode (training-mode
+//! exports are switched back); parameters and running statistics stay initializers, and each trainable
+//! parameter and running statistic is also listed as a graph input, so trained values can be fed in place of
+//! the stored defaults.
 
+mod batchnorm;
 mod builder;
 pub mod loss;
 pub mod optimizer;

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use super::batchnorm::{batchnorm_training, bn_tensors, dropout_training, inference_mode};
 use super::builder::{value_info, zeros, Builder};
 use super::loss::softmax_cross_entropy;
 use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
@@ -26,6 +27,8 @@ const LABELS: &str = "labels";
 const LR: &str = "lr";
 const LOSS: &str = "loss";
 const CORRECT: &str = "correct";
+/// The boolean initializer switching the step model's Dropout nodes to training mode.
+const DROPOUT_TRAINING: &str = "train/dropout_training";
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -95,7 +98,8 @@ pub struct TrainManifest {
     pub optimizer: Optimizer,
     pub detach_neighbours: bool,
     pub params: Vec<ManifestTensor>,
-    /// Optimizer state: zeros before the first step.
+    /// State: the optimizer's (zeros before the first step), then BatchNormalization running statistics
+    /// (their initializer values before the first step).
     pub state: Vec<ManifestTensor>,
 }
 
@@ -127,17 +131,6 @@ struct Forward {
 
 fn forward(model: &ModelProto, batch: usize) -> Result<Forward, TrainError> {
     let g = Graph::lift(model.clone())?;
-    if let Some(i) = g
-        .dag
-        .node_indices()
-        .find(|&i| g.dag[i].op_type() == "BatchNormalization")
-    {
-        return Err(TrainError::Unsupported(format!(
-            "node '{}': BatchNormalization in training mode (batch statistics, running statistics as state) \
-             is not supported by compile_train yet",
-            g.dag[i].name()
-        )));
-    }
     let data = g.data_inputs();
     let [input] = data.as_slice() else {
         return Err(TrainError::Unsupported(format!(
@@ -378,10 +371,11 @@ pub fn compile_train(
     // Trainable parameters and their weight-decay flags.
     let needed = needed_values(&g, std::slice::from_ref(&logits))?;
     let consumers = g.consumers();
+    let (bn_stats, _) = bn_tensors(&g);
     let mut params: Vec<(String, TensorType, bool)> = Vec::new();
     for (name, t) in &g.initializers {
         let learnable = rl_scalars.contains(name) || crate::analysis::params::is_learnable(t);
-        if !learnable || !needed.contains(name) {
+        if !learnable || !needed.contains(name) || bn_stats.contains(name) {
             continue;
         }
         let ty = types[name].clone();
@@ -395,7 +389,15 @@ pub fn compile_train(
         ));
     }
 
+    // BatchNormalization in training mode; running statistics become state.
+    dropout_training(&mut g, DROPOUT_TRAINING)?;
+    let mut b = Builder::default();
+    let running = batchnorm_training(&mut g, &mut b, &types)?;
+
     let mut taken = HashSet::new();
+    for r in &running {
+        claim(&g, &mut taken, &next_name(&r.name))?;
+    }
     for name in [LABELS, LR, LOSS, CORRECT] {
         claim(&g, &mut taken, name)?;
     }
@@ -430,7 +432,6 @@ pub fn compile_train(
     g.proto.input = inputs;
 
     // Loss.
-    let mut b = Builder::default();
     softmax_cross_entropy(
         &mut b,
         &logits,
@@ -476,9 +477,18 @@ pub fn compile_train(
     for t in std::mem::take(&mut b.initializers) {
         g.add_initializer(t);
     }
+    let mut running_initial = Vec::new();
+    for r in &running {
+        running_initial.push(g.remove_initializer(&r.name).expect("an initializer"));
+    }
     let state_inputs: Vec<_> = states
         .iter()
         .map(|s| value_info(&s.name, s.dtype, &s.shape))
+        .chain(
+            running
+                .iter()
+                .map(|r| value_info(&r.name, r.ty.dtype, &r.ty.shape)),
+        )
         .collect();
     let at = 3 + params.len();
     g.proto.input.splice(at..at, state_inputs);
@@ -494,6 +504,12 @@ pub fn compile_train(
             .push(value_info(&next_name(&s.name), s.dtype, &s.shape));
         initial.push(zeros(&s.name, s.dtype, &s.shape));
     }
+    for r in &running {
+        g.proto
+            .output
+            .push(value_info(&next_name(&r.name), r.ty.dtype, &r.ty.shape));
+    }
+    initial.extend(running_initial);
     g.relink()?;
     refresh_value_info(&mut g, &all_types);
     cleanup(&mut g)?;
@@ -515,6 +531,11 @@ pub fn compile_train(
         state: states
             .iter()
             .map(|s| manifest_tensor(&s.name, s.dtype, &s.shape, None))
+            .chain(
+                running
+                    .iter()
+                    .map(|r| manifest_tensor(&r.name, r.ty.dtype, &r.ty.shape, None)),
+            )
             .collect(),
     };
     g.model.metadata_props.retain(|e| e.key() != MANIFEST_KEY);
@@ -523,7 +544,9 @@ pub fn compile_train(
         manifest.to_json(),
     ));
     let step = g.lower()?;
-    let eval = eval_model(model, opts, &wrt)?;
+    let mut eval_inputs = wrt.clone();
+    eval_inputs.extend(running.iter().map(|r| r.name.clone()));
+    let eval = eval_model(model, opts, &eval_inputs)?;
     Ok(TrainingModels {
         step,
         eval,
@@ -532,8 +555,9 @@ pub fn compile_train(
     })
 }
 
-/// The eval model: forward at the fixed batch size, plus `loss` and `correct`; trainable parameters stay
-/// initializers and are listed as graph inputs too (their stored values are the defaults).
+/// The eval model: forward at the fixed batch size (BatchNormalization and Dropout in inference mode), plus
+/// `loss` and `correct`; trainable parameters and running statistics stay initializers and are listed as graph
+/// inputs too (their stored values are the defaults).
 fn eval_model(
     model: &ModelProto,
     opts: &TrainOptions,
@@ -546,6 +570,7 @@ fn eval_model(
         types,
         ..
     } = forward(model, opts.batch_size)?;
+    inference_mode(&mut g)?;
     let (n, k, dtype) = (opts.batch_size, logits_type.shape[1], logits_type.dtype);
     let mut b = Builder::default();
     softmax_cross_entropy(

@@ -1,0 +1,722 @@
+//! Whole-model checks of the training-step compiler: BatchNormalization in the step model (running statistics
+//! as state, momentum update, eval model in inference mode), and gradients of small zoo models — BP and
+//! rewritten by Replacement Learning, with and without `detach_neighbours` — against central finite differences
+//! of the loss in float64 (tract). The gradient is read off one SGD step with lr = 1, momentum 0 and no weight
+//! decay: g = x − x.next.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use prost::Message;
+use rl_models::{build_custom_resnet_cifar, ZooOptions};
+use rl_passes::onnx::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use rl_passes::pipeline::{rewrite, RewriteOptions};
+use rl_passes::training::{compile_train, Optimizer, TrainOptions, TrainingModels};
+use tract_onnx::prelude::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+fn values(t: &TensorProto) -> Vec<f64> {
+    if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+        return match t.data_type() {
+            x if x == DataType::Double as i32 => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            _ => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+        };
+    }
+    if !t.double_data.is_empty() {
+        return t.double_data.clone();
+    }
+    t.float_data.iter().map(|&v| v as f64).collect()
+}
+
+fn f64_tensor(name: &str, dims: &[i64], v: &[f64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Double as i32),
+        raw_data: Some(Bytes::from(
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// The model in float64: float32 initializers, Constant tensors, Cast targets and value types become float64.
+fn to_f64(mut m: ModelProto) -> ModelProto {
+    let f = DataType::Float as i32;
+    let d = DataType::Double as i32;
+    let g = m.graph.as_mut().unwrap();
+    for t in &mut g.initializer {
+        if t.data_type() == f {
+            *t = f64_tensor(t.name(), &t.dims, &values(t));
+        }
+    }
+    for n in &mut g.node {
+        let cast = n.op_type() == "Cast";
+        for a in &mut n.attribute {
+            if let Some(t) = a.t.as_mut().filter(|t| t.data_type() == f) {
+                *t = f64_tensor(t.name(), &t.dims, &values(t));
+            }
+            if cast && a.name() == "to" && a.i == Some(f as i64) {
+                a.i = Some(d as i64);
+            }
+        }
+    }
+    for v in g
+        .input
+        .iter_mut()
+        .chain(g.output.iter_mut())
+        .chain(g.value_info.iter_mut())
+    {
+        if let Some(type_proto::Value::TensorType(tt)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if tt.elem_type == Some(f) {
+                tt.elem_type = Some(d);
+            }
+        }
+    }
+    m
+}
+
+fn dims(v: &ValueInfoProto) -> (DatumType, Vec<usize>) {
+    let Some(type_proto::Value::TensorType(tt)) = &v.r#type.as_ref().unwrap().value else {
+        panic!("tensor type")
+    };
+    let dt = match DataType::try_from(tt.elem_type()).unwrap() {
+        DataType::Float => DatumType::F32,
+        DataType::Double => DatumType::F64,
+        DataType::Int64 => DatumType::I64,
+        other => panic!("{other:?}"),
+    };
+    let shape = tt
+        .shape
+        .as_ref()
+        .unwrap()
+        .dim
+        .iter()
+        .map(|d| match d.value {
+            Some(tensor_shape_proto::dimension::Value::DimValue(v)) => v as usize,
+            _ => panic!("static shapes"),
+        })
+        .collect();
+    (dt, shape)
+}
+
+struct Runner {
+    plan: std::sync::Arc<TypedRunnableModel>,
+    inputs: Vec<(String, DatumType, Vec<usize>)>,
+    outputs: Vec<String>,
+}
+
+impl Runner {
+    fn new(m: &ModelProto) -> Runner {
+        let g = m.graph.as_ref().unwrap();
+        let inits: Vec<&str> = g.initializer.iter().map(|t| t.name()).collect();
+        let inputs: Vec<_> = g
+            .input
+            .iter()
+            .filter(|i| !inits.contains(&i.name()))
+            .map(|i| {
+                let (dt, s) = dims(i);
+                (i.name().to_owned(), dt, s)
+            })
+            .collect();
+        // tract 0.23 names a node it adds while translating a Conv with a non-constant bias `{conv}.bias`,
+        // which clashes with an input of that name (the ViT's `conv_proj.bias`): node names carry no meaning,
+        // so the tract run gets prefixed ones.
+        let mut renamed = m.clone();
+        for (k, n) in renamed.graph.as_mut().unwrap().node.iter_mut().enumerate() {
+            n.name = Some(format!("n{k}/{}", n.name()));
+        }
+        let bytes = renamed.encode_to_vec();
+        let mut tm = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
+        for (k, (_, dt, s)) in inputs.iter().enumerate() {
+            tm = tm
+                .with_input_fact(k, TypedFact::dt_shape(*dt, s.as_slice()).into())
+                .unwrap();
+        }
+        let plan = tm.into_optimized().unwrap().into_runnable().unwrap();
+        let outputs = g.output.iter().map(|o| o.name().to_owned()).collect();
+        Runner {
+            plan,
+            inputs,
+            outputs,
+        }
+    }
+
+    fn run(&self, feeds: &HashMap<String, Vec<f64>>) -> HashMap<String, Vec<f64>> {
+        let mut ins: TVec<TValue> = tvec![];
+        for (name, dt, s) in &self.inputs {
+            let v = feeds
+                .get(name)
+                .unwrap_or_else(|| panic!("no feed for {name}"));
+            let t = match dt {
+                DatumType::F32 => {
+                    Tensor::from_shape(s, &v.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                }
+                DatumType::F64 => Tensor::from_shape(s, v),
+                _ => Tensor::from_shape(s, &v.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+            }
+            .unwrap();
+            ins.push(t.into_tvalue());
+        }
+        let outs = self.plan.run(ins).unwrap();
+        self.outputs
+            .iter()
+            .zip(outs.iter())
+            .map(|(n, t)| {
+                let t = t.cast_to::<f64>().unwrap();
+                let v = t
+                    .to_plain_array_view::<f64>()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect();
+                (n.clone(), v)
+            })
+            .collect()
+    }
+}
+
+fn f64_const(g: &mut GraphProto, name: &str, dims: &[i64], v: &[f64]) -> String {
+    g.initializer.push(f64_tensor(name, dims, v));
+    name.to_owned()
+}
+
+fn i64_const(g: &mut GraphProto, name: &str, v: &[i64]) -> String {
+    g.initializer.push(TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        raw_data: Some(Bytes::from(
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        )),
+        ..Default::default()
+    });
+    name.to_owned()
+}
+
+/// tract 0.23 cannot evaluate Erf in float64 ("does not support F64"), and turns LayerNormalization into a
+/// mean-of-squares reducer that computes in float32 even for float64 tensors. For float64 runs, the workaround
+/// pattern of `autodiff_fd.rs`: each such *forward* node is replaced by an exact float64 definition producing
+/// the same value names (Erf by its Maclaurin series, 60 terms; LayerNormalization over its trailing axes with
+/// the variance as `(Σ d² + n·ε) / n`), so the backward graph is run unchanged.
+fn tract_f64_workarounds(m: &mut ModelProto, shapes: &HashMap<String, Vec<usize>>) {
+    let g = m.graph.as_mut().unwrap();
+    let old = std::mem::take(&mut g.node);
+    for n in old {
+        let y = n.output[0].clone();
+        let p = |s: &str| format!("tw/{y}/{s}");
+        let x = n.input.first().cloned().unwrap_or_default();
+        match n.op_type() {
+            "Erf" => {
+                let k2 = f64_const(g, &p("k"), &[], &[std::f64::consts::FRAC_2_SQRT_PI]);
+                g.node.push(node("Mul", &[&x, &x], &p("x2"), &[]));
+                g.node.push(node("Neg", &[&p("x2")], &p("nx2"), &[]));
+                let (mut term, mut sum) = (x.clone(), x.clone());
+                for k in 1..60 {
+                    let c = f64_const(
+                        g,
+                        &p(&format!("c{k}")),
+                        &[],
+                        &[1.0 / (k as f64 * (2 * k + 1) as f64) * (2 * k - 1) as f64],
+                    );
+                    // term_k = term_{k-1} · (−x²) / k, u_k = term_k / (2k + 1); the constant folds
+                    // (2k − 1)/(k (2k + 1)) onto the previous u.
+                    let t = p(&format!("t{k}"));
+                    let s2 = p(&format!("s{k}"));
+                    g.node
+                        .push(node("Mul", &[&term, &p("nx2")], &p(&format!("a{k}")), &[]));
+                    g.node
+                        .push(node("Mul", &[&p(&format!("a{k}")), &c], &t, &[]));
+                    g.node.push(node("Add", &[&sum, &t], &s2, &[]));
+                    term = t;
+                    sum = s2;
+                }
+                g.node.push(node("Mul", &[&sum, &k2], &y, &[]));
+            }
+            "LayerNormalization" => {
+                let shape = &shapes[&x];
+                let r = shape.len() as i64;
+                let axis = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "axis")
+                    .and_then(|a| a.i)
+                    .unwrap_or(-1);
+                let axis = if axis < 0 { axis + r } else { axis };
+                let axes: Vec<i64> = (axis..r).collect();
+                let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
+                let eps = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "epsilon")
+                    .and_then(|a| a.f)
+                    .unwrap_or(1e-5) as f64;
+                let ax = i64_const(g, &p("axes"), &axes);
+                let nn = f64_const(g, &p("n"), &[], &[count as f64]);
+                let ne = f64_const(g, &p("neps"), &[], &[count as f64 * eps]);
+                g.node.push(node("ReduceSum", &[&x, &ax], &p("ms"), &[]));
+                g.node.push(node("Div", &[&p("ms"), &nn], &p("m"), &[]));
+                g.node.push(node("Sub", &[&x, &p("m")], &p("d"), &[]));
+                g.node.push(node("Mul", &[&p("d"), &p("d")], &p("sq"), &[]));
+                g.node
+                    .push(node("ReduceSum", &[&p("sq"), &ax], &p("ss"), &[]));
+                g.node.push(node("Add", &[&p("ss"), &ne], &p("sse"), &[]));
+                g.node.push(node("Div", &[&p("sse"), &nn], &p("ve"), &[]));
+                g.node.push(node("Sqrt", &[&p("ve")], &p("sd"), &[]));
+                g.node
+                    .push(node("Div", &[&p("d"), &p("sd")], &p("xh"), &[]));
+                match n.input.get(2).filter(|b| !b.is_empty()) {
+                    Some(b) => {
+                        g.node
+                            .push(node("Mul", &[&p("xh"), &n.input[1]], &p("xs"), &[]));
+                        g.node.push(node("Add", &[&p("xs"), b], &y, &[]));
+                    }
+                    None => g.node.push(node("Mul", &[&p("xh"), &n.input[1]], &y, &[])),
+                }
+            }
+            _ => g.node.push(n),
+        }
+    }
+}
+
+/// Feeds: initial parameter/state values, a random batch, labels, lr.
+fn feeds(m: &TrainingModels, batch: &[usize], lr: f64, seed: u64) -> HashMap<String, Vec<f64>> {
+    let mut rng = Rng(seed);
+    let mut f: HashMap<String, Vec<f64>> = m
+        .initial
+        .iter()
+        .map(|t| (t.name().to_owned(), values(t)))
+        .collect();
+    let n: usize = batch.iter().product();
+    f.insert(m.manifest.input.clone(), rng.vec(n, -1.0, 1.0));
+    f.insert(
+        "labels".into(),
+        (0..batch[0]).map(|i| ((i * 7 + 1) % 3) as f64).collect(),
+    );
+    f.insert("lr".into(), vec![lr]);
+    f
+}
+
+fn sgd_plain(batch: usize, detach: bool) -> TrainOptions {
+    TrainOptions {
+        batch_size: batch,
+        optimizer: Optimizer::sgd(0.0, false, 0.0),
+        detach_neighbours: detach,
+        ..Default::default()
+    }
+}
+
+/// The step model with the float64 workarounds for tract, given the forward model's value shapes.
+fn patched(step: &ModelProto, model: &ModelProto, batch: &[usize]) -> ModelProto {
+    let g = rl_passes::ir::Graph::lift(model.clone()).unwrap();
+    let input = g.data_inputs()[0].clone();
+    let types = rl_passes::analysis::shapes::infer_shapes(&g, &[(input, batch.to_vec())]).unwrap();
+    let shapes = types.into_iter().map(|(k, t)| (k, t.shape)).collect();
+    let mut m = step.clone();
+    tract_f64_workarounds(&mut m, &shapes);
+    m
+}
+
+/// The loss of a rewritten model as a function with the neighbours' path through the integration cut: each
+/// integration `Mul`'s neighbour input (slot 1) reads a copy `P.detached` of the neighbour tensor, so
+/// perturbing the neighbour reaches the loss only through its own layer (what `detach_neighbours` computes).
+fn detached_reference(model: &ModelProto) -> ModelProto {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().unwrap();
+    let mut copies = Vec::new();
+    for n in &mut g.node {
+        if n.name().ends_with("/rl_mul_a") || n.name().ends_with("/rl_mul_b") {
+            let src = n.input[1].clone();
+            n.input[1] = format!("{src}.detached");
+            copies.push(src);
+        }
+    }
+    assert!(!copies.is_empty(), "the model has integration nodes");
+    for src in copies {
+        let t = g
+            .initializer
+            .iter()
+            .find(|t| t.name() == src)
+            .unwrap()
+            .clone();
+        let name = format!("{src}.detached");
+        if g.initializer.iter().all(|t| t.name() != name) {
+            g.initializer.push(TensorProto {
+                name: Some(name),
+                ..t
+            });
+        }
+    }
+    m
+}
+
+/// Checks every parameter's gradient (read off one SGD step) against central finite differences of the loss at
+/// a few entries per tensor (with `detach`, of the loss with the integration's neighbour path cut). Returns the
+/// number of entries checked and the worst relative error.
+fn check_gradients(model: &ModelProto, detach: bool, batch: &[usize]) -> (usize, f64) {
+    let m = compile_train(model, &sgd_plain(batch[0], detach)).unwrap();
+    let r = Runner::new(&patched(&m.step, model, batch));
+    let base = feeds(&m, batch, 1.0, 11);
+    let out = r.run(&base);
+    // The loss function: the step model itself, or that of the cut model (fed the same values, the copies
+    // keeping their initial ones).
+    let (r, base) = if detach {
+        let cut = compile_train(&detached_reference(model), &sgd_plain(batch[0], false)).unwrap();
+        let mut f = feeds(&cut, batch, 1.0, 11);
+        f.extend(base.clone());
+        (Runner::new(&patched(&cut.step, model, batch)), f)
+    } else {
+        (r, base)
+    };
+    let h = 1e-6;
+    let (mut checked, mut worst) = (0, 0.0f64);
+    for p in &m.manifest.params {
+        let x = &base[&p.name];
+        let next = &out[&p.next];
+        let len = x.len();
+        let picks: Vec<usize> = if len <= 3 {
+            (0..len).collect()
+        } else {
+            vec![0, len / 2, len - 1]
+        };
+        for k in picks {
+            let g = x[k] - next[k];
+            let mut f = base.clone();
+            f.get_mut(&p.name).unwrap()[k] = x[k] + h;
+            let lp = r.run(&f)["loss"][0];
+            f.get_mut(&p.name).unwrap()[k] = x[k] - h;
+            let lm = r.run(&f)["loss"][0];
+            let fd = (lp - lm) / (2.0 * h);
+            let scale = g.abs().max(fd.abs()).max(1e-3);
+            let rel = (g - fd).abs() / scale;
+            assert!(
+                rel <= 1e-6,
+                "{}[{k}]: gradient {g:e} vs finite differences {fd:e} (relative error {rel:e})",
+                p.name
+            );
+            worst = worst.max(rel);
+            checked += 1;
+        }
+    }
+    (checked, worst)
+}
+
+fn small_resnet() -> ModelProto {
+    build_custom_resnet_cifar(
+        3,
+        4,
+        &ZooOptions {
+            classes: 3,
+            image_size: 8,
+            channels: 3,
+            seed: 1,
+        },
+    )
+    .unwrap()
+}
+
+fn every2(m: ModelProto) -> ModelProto {
+    let r = rewrite(
+        m,
+        &RewriteOptions {
+            every: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!r.plan.frozen.is_empty(), "something is frozen");
+    r.model
+}
+
+#[test]
+fn resnet_bp_gradients_match_finite_differences_f64() {
+    let (n, worst) = check_gradients(&to_f64(small_resnet()), false, &[4, 3, 8, 8]);
+    eprintln!("resnet BP: {n} entries, worst relative error {worst:e}");
+}
+
+#[test]
+fn resnet_every2_gradients_match_finite_differences_f64() {
+    let m = to_f64(every2(small_resnet()));
+    for detach in [false, true] {
+        let (n, worst) = check_gradients(&m, detach, &[4, 3, 8, 8]);
+        eprintln!("resnet every 2 (detach {detach}): {n} entries, worst relative error {worst:e}");
+    }
+}
+
+fn small_vit() -> ModelProto {
+    rl_models::build_custom_vit(
+        4,
+        8,
+        2,
+        16,
+        4,
+        &ZooOptions {
+            classes: 3,
+            image_size: 8,
+            channels: 3,
+            seed: 1,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn vit_gradients_match_finite_differences_f64() {
+    let m = to_f64(small_vit());
+    let (n, worst) = check_gradients(&m, false, &[4, 3, 8, 8]);
+    eprintln!("ViT BP: {n} entries, worst relative error {worst:e}");
+    let r = to_f64(every2(small_vit()));
+    for detach in [false, true] {
+        let (n, worst) = check_gradients(&r, detach, &[4, 3, 8, 8]);
+        eprintln!("ViT every 2 (detach {detach}): {n} entries, worst relative error {worst:e}");
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, ints: &[(&str, i64)]) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(format!("{op}/{output}")),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: ints
+            .iter()
+            .map(|&(n, i)| AttributeProto {
+                name: Some(n.into()),
+                i: Some(i),
+                r#type: Some(AttributeType::Int as i32),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn vi(name: &str, shape: &[i64]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Double as i32),
+                shape: Some(TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|&d| tensor_shape_proto::Dimension {
+                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// x [N,3,2,2] → BatchNormalization(momentum 0.8) → GlobalAveragePool → Flatten → Gemm(W [3,3]) → logits.
+fn bn_model() -> ModelProto {
+    let mut bn = node(
+        "BatchNormalization",
+        &["x", "s", "bb", "mean", "var"],
+        "y",
+        &[],
+    );
+    bn.attribute.push(AttributeProto {
+        name: Some("momentum".into()),
+        f: Some(0.8),
+        r#type: Some(AttributeType::Float as i32),
+        ..Default::default()
+    });
+    let mut rng = Rng(5);
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("bn".into()),
+            node: vec![
+                bn,
+                node("GlobalAveragePool", &["y"], "p", &[]),
+                node("Flatten", &["p"], "f", &[("axis", 1)]),
+                node("Gemm", &["f", "W"], "logits", &[]),
+            ],
+            initializer: vec![
+                f64_tensor("s", &[3], &rng.vec(3, 0.5, 1.5)),
+                f64_tensor("bb", &[3], &rng.vec(3, -0.5, 0.5)),
+                f64_tensor("mean", &[3], &rng.vec(3, -0.5, 0.5)),
+                f64_tensor("var", &[3], &rng.vec(3, 0.5, 1.5)),
+                f64_tensor("W", &[3, 3], &rng.vec(9, -1.0, 1.0)),
+            ],
+            input: vec![vi("x", &[4, 3, 2, 2])],
+            output: vec![vi("logits", &[4, 3])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn batchnorm_running_statistics_are_state_updated_with_momentum() {
+    let m = compile_train(&bn_model(), &sgd_plain(4, false)).unwrap();
+    let names = |v: &[rl_passes::training::ManifestTensor]| {
+        v.iter()
+            .map(|t| (t.name.clone(), t.weight_decay))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&m.manifest.params),
+        [
+            ("s".to_owned(), Some(false)),
+            ("bb".to_owned(), Some(false)),
+            ("W".to_owned(), Some(true))
+        ]
+    );
+    assert_eq!(
+        names(&m.manifest.state),
+        [("mean".to_owned(), None), ("var".to_owned(), None)]
+    );
+    let g = m.step.graph.as_ref().unwrap();
+    let inputs: Vec<&str> = g.input.iter().map(|i| i.name()).collect();
+    assert_eq!(inputs, ["x", "labels", "lr", "s", "bb", "W", "mean", "var"]);
+    let outputs: Vec<&str> = g.output.iter().map(|i| i.name()).collect();
+    assert_eq!(
+        outputs,
+        [
+            "loss",
+            "correct",
+            "s.next",
+            "bb.next",
+            "W.next",
+            "mean.next",
+            "var.next"
+        ]
+    );
+    assert!(g
+        .initializer
+        .iter()
+        .all(|t| t.name() != "mean" && t.name() != "var"));
+    // Weight decay of norm parameters only with decay_all.
+    let decay = compile_train(
+        &bn_model(),
+        &TrainOptions {
+            batch_size: 4,
+            decay_all: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(decay
+        .manifest
+        .params
+        .iter()
+        .all(|p| p.weight_decay == Some(true)));
+
+    // The running statistics: momentum · old + (1 − momentum) · batch (biased variance).
+    let f = feeds(&m, &[4, 3, 2, 2], 0.1, 3);
+    let out = Runner::new(&m.step).run(&f);
+    let x = &f["x"];
+    for c in 0..3 {
+        let vals: Vec<f64> = (0..4)
+            .flat_map(|n| (0..4).map(move |k| x[n * 12 + c * 4 + k]))
+            .collect();
+        let mu = vals.iter().sum::<f64>() / 16.0;
+        let var = vals.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / 16.0;
+        // The attribute is a float32.
+        let k = 0.8f32 as f64;
+        let want_m = k * f["mean"][c] + (1.0 - k) * mu;
+        let want_v = k * f["var"][c] + (1.0 - k) * var;
+        assert!((out["mean.next"][c] - want_m).abs() < 1e-12, "mean {c}");
+        assert!((out["var.next"][c] - want_v).abs() < 1e-12, "var {c}");
+    }
+    // Gradients (batch statistics) against finite differences.
+    let (n, worst) = check_gradients(&bn_model(), false, &[4, 3, 2, 2]);
+    eprintln!("BN model: {n} entries, worst relative error {worst:e}");
+}
+
+#[test]
+fn eval_model_keeps_inference_batchnorm_with_running_statistics_as_inputs() {
+    let m = compile_train(&bn_model(), &sgd_plain(4, false)).unwrap();
+    let g = m.eval.graph.as_ref().unwrap();
+    let bn: Vec<_> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .collect();
+    assert_eq!(bn.len(), 1);
+    assert!(bn[0].attribute.iter().all(|a| a.name() != "training_mode"));
+    assert_eq!(bn[0].output.len(), 1);
+    let inputs: Vec<&str> = g.input.iter().map(|i| i.name()).collect();
+    for name in ["mean", "var", "s", "bb", "W"] {
+        assert!(
+            inputs.contains(&name),
+            "{name} is an eval input: {inputs:?}"
+        );
+        assert!(
+            g.initializer.iter().any(|t| t.name() == name),
+            "{name} keeps its default"
+        );
+    }
+}
+
+/// The PyTorch training-mode export (BatchNormalization training_mode=1 with running-statistics outputs, Dropout
+/// with ratio and training_mode inputs) compiles: BN becomes the elementary training form with its running
+/// statistics as state, Dropout stays in training mode with its mask; the eval model is in inference mode.
+#[test]
+fn pytorch_training_mode_export_is_accepted() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/exporters/resnet_torchscript_train.onnx");
+    let model = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let m = compile_train(&model, &TrainOptions::default()).unwrap();
+    let g = m.step.graph.as_ref().unwrap();
+    assert!(g.node.iter().all(|n| n.op_type() != "BatchNormalization"));
+    let state: Vec<&str> = m.manifest.state.iter().map(|s| s.name.as_str()).collect();
+    assert!(state.contains(&"stem.1.running_mean") && state.contains(&"layers.8.bn2.running_var"));
+    assert_eq!(
+        state.iter().filter(|s| s.ends_with("running_mean")).count(),
+        21
+    );
+    let dropout: Vec<_> = g.node.iter().filter(|n| n.op_type() == "Dropout").collect();
+    assert_eq!(dropout.len(), 1);
+    assert_eq!(dropout[0].input[2], "train/dropout_training");
+    assert!(
+        g.initializer
+            .iter()
+            .any(|t| t.name() == "train/dropout_training"
+                && t.raw_data.as_deref() == Some(&[1u8][..]))
+    );
+    let e = m.eval.graph.as_ref().unwrap();
+    for n in &e.node {
+        if n.op_type() == "BatchNormalization" || n.op_type() == "Dropout" {
+            assert_eq!(n.output.len(), 1, "{}", n.name());
+            assert!(n.attribute.iter().all(|a| a.name() != "training_mode"));
+            assert!(n.input.len() <= 5 && (n.op_type() != "Dropout" || n.input.len() <= 2));
+        }
+    }
+}

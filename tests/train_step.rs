@@ -1,0 +1,290 @@
+//! Training-step models of small zoo networks (a resnet with BatchNormalization, BP and rewritten with
+//! `every 2`, with and without `detach_neighbours`; a ViT with LayerNormalization and Erf-GELU) pass onnx.checker
+//! (full check) and run on ONNX Runtime CPU and tract with equal results (≤ 1e-5) for `loss`, `correct` and
+//! every `x.next`. ONNX Runtime is driven through the `ort` crate directly, because the step model takes int64
+//! labels (the engine trait carries float32 tensors only).
+
+mod common;
+
+use std::collections::HashMap;
+
+use prost::Message;
+use rl_models::{build_custom_resnet_cifar, build_custom_vit, ZooOptions};
+use rl_passes::onnx::{tensor_proto::DataType, ModelProto, TensorProto};
+use rl_passes::pipeline::{rewrite, RewriteOptions};
+use rl_passes::training::{compile_train, TrainOptions, TrainingModels};
+use tract_onnx::prelude::*;
+
+const OPTS: ZooOptions = ZooOptions {
+    classes: 3,
+    image_size: 8,
+    channels: 3,
+    seed: 1,
+};
+
+fn f32_values(t: &TensorProto) -> Vec<f32> {
+    assert_eq!(t.data_type(), DataType::Float as i32, "{}", t.name());
+    if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+        raw.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    } else {
+        t.float_data.clone()
+    }
+}
+
+/// Float inputs by name: (name, shape, values).
+type Floats = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Float feeds of the step model (initial values, a batch, lr) and its labels.
+fn feeds(m: &TrainingModels) -> (Floats, Vec<i64>) {
+    let g = m.step.graph.as_ref().unwrap();
+    let n = m.manifest.batch_size;
+    let initial: HashMap<&str, &TensorProto> = m.initial.iter().map(|t| (t.name(), t)).collect();
+    let mut out = Vec::new();
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for i in &g.input {
+        let name = i.name();
+        if name == m.manifest.labels {
+            continue;
+        }
+        let shape: Vec<usize> = match &i.r#type.as_ref().unwrap().value {
+            Some(rl_passes::onnx::type_proto::Value::TensorType(tt)) => tt
+                .shape
+                .as_ref()
+                .unwrap()
+                .dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(rl_passes::onnx::tensor_shape_proto::dimension::Value::DimValue(v)) => {
+                        v as usize
+                    }
+                    _ => panic!("static"),
+                })
+                .collect(),
+            _ => panic!("tensor"),
+        };
+        let values = if name == m.manifest.lr {
+            vec![0.1]
+        } else if name == m.manifest.input {
+            (0..shape.iter().product::<usize>())
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        } else {
+            f32_values(initial[name])
+        };
+        out.push((name.to_owned(), shape, values));
+    }
+    let labels = (0..n).map(|i| ((i * 7 + 1) % 3) as i64).collect();
+    (out, labels)
+}
+
+fn run_tract(
+    step: &ModelProto,
+    floats: &[(String, Vec<usize>, Vec<f32>)],
+    labels: &[i64],
+    label_name: &str,
+) -> HashMap<String, Vec<f64>> {
+    let g = step.graph.as_ref().unwrap();
+    // tract 0.23 names a node it adds while translating a Conv with a non-constant bias `{conv}.bias`, which
+    // clashes with an input of that name (the ViT's `conv_proj` / `conv_proj.bias`): node names carry no
+    // meaning, so the tract run gets prefixed ones.
+    let mut renamed = step.clone();
+    for (k, n) in renamed.graph.as_mut().unwrap().node.iter_mut().enumerate() {
+        n.name = Some(format!("n{k}/{}", n.name()));
+    }
+    let bytes = renamed.encode_to_vec();
+    let mut tm = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
+    let mut ins: TVec<TValue> = tvec![];
+    for (k, i) in g.input.iter().enumerate() {
+        let t = if i.name() == label_name {
+            Tensor::from_shape(&[labels.len()], labels).unwrap()
+        } else {
+            let (_, s, v) = floats.iter().find(|(n, ..)| n == i.name()).unwrap();
+            Tensor::from_shape(s, v).unwrap()
+        };
+        tm = tm
+            .with_input_fact(k, TypedFact::shape_and_dt_of(&t).into())
+            .unwrap();
+        ins.push(t.into_tvalue());
+    }
+    let plan = tm.into_optimized().unwrap().into_runnable().unwrap();
+    let outs = plan.run(ins).unwrap();
+    g.output
+        .iter()
+        .zip(outs.iter())
+        .map(|(o, t)| {
+            let t = t.cast_to::<f64>().unwrap();
+            let v = t
+                .to_plain_array_view::<f64>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            (o.name().to_owned(), v)
+        })
+        .collect()
+}
+
+fn run_ort(
+    step: &ModelProto,
+    floats: &[(String, Vec<usize>, Vec<f32>)],
+    labels: &[i64],
+    label_name: &str,
+) -> HashMap<String, Vec<f64>> {
+    use ort::session::{Session, SessionInputValue};
+    use ort::value::TensorRef;
+    static ENV: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let library = rl_rewrite::engine::ort::find_library().unwrap();
+        ort::init_from(&library)
+            .unwrap()
+            .with_name("train-step-test")
+            .build()
+            .unwrap()
+    });
+    let mut session = Session::builder(env)
+        .unwrap()
+        .commit_from_memory(&step.encode_to_vec())
+        .unwrap();
+    let g = step.graph.as_ref().unwrap();
+    let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::new();
+    let label_shape = [labels.len()];
+    for i in &g.input {
+        let v: SessionInputValue<'_> = if i.name() == label_name {
+            TensorRef::from_array_view((&label_shape[..], labels))
+                .unwrap()
+                .into()
+        } else {
+            let (_, s, v) = floats.iter().find(|(n, ..)| n == i.name()).unwrap();
+            TensorRef::from_array_view((s.as_slice(), v.as_slice()))
+                .unwrap()
+                .into()
+        };
+        values.push((i.name(), v));
+    }
+    let outputs = session.run(values).unwrap();
+    g.output
+        .iter()
+        .map(|o| {
+            let v = &outputs[o.name()];
+            let data: Vec<f64> = match v.try_extract_tensor::<f32>() {
+                Ok((_, d)) => d.iter().map(|&x| x as f64).collect(),
+                Err(_) => {
+                    let (_, d) = v.try_extract_tensor::<i64>().unwrap();
+                    d.iter().map(|&x| x as f64).collect()
+                }
+            };
+            (o.name().to_owned(), data)
+        })
+        .collect()
+}
+
+/// Compiles, checks (onnx.checker full) and runs one step on ORT CPU and tract; returns the worst difference.
+fn check(name: &str, model: &ModelProto, detach: bool) -> f64 {
+    let m = compile_train(
+        model,
+        &TrainOptions {
+            batch_size: 4,
+            detach_neighbours: detach,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.onnx"));
+    std::fs::write(&path, m.step.encode_to_vec()).unwrap();
+    common::onnx_check(&[&path]);
+    let (floats, labels) = feeds(&m);
+    let t = run_tract(&m.step, &floats, &labels, &m.manifest.labels);
+    if !common::ort_available() {
+        return 0.0;
+    }
+    let o = run_ort(&m.step, &floats, &labels, &m.manifest.labels);
+    let mut worst = 0.0f64;
+    let g = m.step.graph.as_ref().unwrap();
+    assert!(g.output.len() > 2);
+    for out in &g.output {
+        let (a, b) = (&t[out.name()], &o[out.name()]);
+        assert_eq!(a.len(), b.len(), "{name}: {}", out.name());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            let d = (x - y).abs() / 1f64.max(x.abs()).max(y.abs());
+            assert!(
+                d <= 1e-5,
+                "{name}: {}[{k}]: tract {x} vs ORT {y}",
+                out.name()
+            );
+            worst = worst.max(d);
+        }
+    }
+    eprintln!(
+        "{name}: {} outputs, worst tract/ORT difference {worst:e}",
+        g.output.len()
+    );
+    worst
+}
+
+fn every2(m: ModelProto) -> ModelProto {
+    let r = rewrite(m, &RewriteOptions::default()).unwrap();
+    assert!(!r.plan.frozen.is_empty());
+    r.model
+}
+
+#[test]
+fn resnet_step_models_agree_on_ort_and_tract() {
+    let m = build_custom_resnet_cifar(3, 4, &OPTS).unwrap();
+    check("resnet_bp", &m, false);
+    let r = every2(m);
+    check("resnet_every2", &r, false);
+    check("resnet_every2_detach", &r, true);
+}
+
+#[test]
+fn vit_step_models_agree_on_ort_and_tract() {
+    let m = build_custom_vit(4, 8, 2, 16, 4, &OPTS).unwrap();
+    check("vit_bp", &m, false);
+    let r = every2(m);
+    check("vit_every2", &r, false);
+    check("vit_every2_detach", &r, true);
+}
+
+/// The PyTorch training-mode export (BatchNormalization training_mode=1, Dropout with ratio and training_mode
+/// inputs): its step model passes onnx.checker and runs on ORT CPU (tract refuses training-mode Dropout), and
+/// two runs give the same running statistics (batch statistics) but, through Dropout's random mask, may differ
+/// only in the loss and the parameters.
+#[test]
+fn pytorch_training_mode_export_step_runs_on_ort() {
+    let model =
+        rl_passes::io::load_model(&common::fixture("exporters/resnet_torchscript_train.onnx"))
+            .unwrap()
+            .model;
+    let m = compile_train(
+        &model,
+        &TrainOptions {
+            batch_size: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("torch_train_step.onnx");
+    std::fs::write(&path, m.step.encode_to_vec()).unwrap();
+    common::onnx_check(&[&path]);
+    if !common::ort_available() {
+        return;
+    }
+    let (floats, labels) = feeds(&m);
+    let a = run_ort(&m.step, &floats, &labels, &m.manifest.labels);
+    let b = run_ort(&m.step, &floats, &labels, &m.manifest.labels);
+    assert!(a["loss"][0].is_finite());
+    for s in &m.manifest.state {
+        if s.name.ends_with("running_mean") || s.name.ends_with("running_var") {
+            assert_eq!(a[&s.next], b[&s.next], "{}", s.next);
+        }
+    }
+}
