@@ -324,3 +324,109 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
     );
     assert!(out.join("state.onnx").is_file());
 }
+
+#[test]
+fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_matches() {
+    use std::io::{BufRead, BufReader};
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    // 1024 steps per epoch; the signal comes right after the first epoch's line, somewhere in the second epoch.
+    let flags = ["--every", "2", "--epochs", "3", "--batch", "8"];
+    let data = "synthetic:8192:1x4x4:4:3";
+    let run = |out: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"));
+        c.arg("train")
+            .arg(&model)
+            .args(["--data", data, "--lr", "0.05", "--engine", engine])
+            .args(["--device", "cpu"])
+            .args(flags)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        c
+    };
+    let part = dir.path().join("part");
+    let mut child = run(&part, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("epoch 1/3") {
+            break;
+        }
+    }
+    // SAFETY: signalling our own child by its id.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    if o.status.success() {
+        // The run finished before the signal arrived (a very fast machine): nothing to resume.
+        eprintln!("note: the run ended before Ctrl-C: {t}");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(130), "{t}");
+    assert!(t.contains("interrupted: checkpoint written"), "{t}");
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(part.join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert!(
+        progress["global_step"].as_u64().unwrap() >= 1024,
+        "{progress}"
+    );
+    let o = run(&part, &["--resume", part.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let whole = dir.path().join("whole");
+    let o = run(&whole, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read(whole.join("state.onnx")).unwrap()
+            == std::fs::read(part.join("state.onnx")).unwrap(),
+        "resumed after Ctrl-C at {progress}: parameters differ from the uninterrupted run"
+    );
+    // Times, throughput and memory differ between runs; the numbers of learning must not.
+    let learning = |rows: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        rows.into_iter()
+            .map(|mut r| {
+                for k in ["epoch_time_s", "images_per_s", "peak_host_mib"] {
+                    r.as_object_mut().unwrap().remove(k);
+                }
+                r
+            })
+            .collect()
+    };
+    assert_eq!(learning(metrics(&whole)), learning(metrics(&part)));
+}
+
+#[test]
+fn the_trained_rewrite_bakes_into_an_equal_plain_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("run");
+    let o = train(&model, &out, engine(), &["--every", "2", "--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bin = env!("CARGO_BIN_EXE_rl-rewrite");
+    let baked = dir.path().join("baked.onnx");
+    let b = Command::new(bin)
+        .arg("bake")
+        .arg(out.join("model.onnx"))
+        .arg("-o")
+        .arg(&baked)
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", text(&b));
+    let c = Command::new(bin)
+        .arg("check")
+        .arg(out.join("model.onnx"))
+        .arg(&baked)
+        .args(["--engine", "tract"])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", text(&c));
+}
