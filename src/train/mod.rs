@@ -374,7 +374,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
             if !loss.is_finite() {
                 bar.abandon();
                 bail!(
-                    "the loss became {loss} at step {} (epoch {}, step {} of it, learning rate {lr:e}); training \
+                    "the loss became {loss} at step {} (epoch {}, step {} of it, learning rate {lr:.3e}); training \
                      stopped. The last good checkpoint ({} epoch(s) done) is kept in {}; try a lower --lr or a \
                      --warmup",
                     progress.global_step + 1,

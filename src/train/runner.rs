@@ -1,19 +1,19 @@
 //! Running the step and eval models, with the parameters and optimizer state kept as engine values between
 //! steps.
 //!
-//! - **ONNX Runtime**: the state lives in `ort` values. Each step's outputs `x.next` are *moved* out of the
-//!   session outputs and become the next step's inputs `x` (passed as views), so nothing but `loss` and
-//!   `correct` is copied to host vectors. On the CPU execution provider this is the whole story (the values are
-//!   host memory ORT owns). On CUDA the same code runs, but ORT copies the inputs to the device and the outputs
-//!   back on every step: IoBinding with device-resident outputs is not done yet.
+//! - **ONNX Runtime**: IoBinding. The step model's outputs `x.next` are bound to the session's device (CUDA
+//!   memory on the CUDA provider, ORT-owned host memory on the CPU one) and, after each step, *moved* out of the
+//!   outputs and bound as the next step's inputs `x`: parameters and optimizer state never pass through host
+//!   vectors. Only the batch, the labels and the learning rate go in, and `loss` and `correct` (bound to host
+//!   memory) come out, per step. The eval model gets the same device values bound as its parameter inputs.
+//!   Host copies are made only for checkpoints.
 //! - **tract**: the state lives in tract values (`TValue`, reference counted); outputs are moved into the next
 //!   step's inputs the same way.
 
-use std::borrow::Cow;
-
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor as OrtTensor, TensorRef};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::{DynValue, Tensor as OrtTensor, TensorValueType};
 use prost::Message;
 use rl_passes::onnx::{type_proto::Value as Type, ModelProto};
 use rl_passes::training::TrainManifest;
@@ -88,9 +88,12 @@ pub fn open(models: Models<'_>, choice: EngineChoice, device: Device) -> Result<
 pub struct OrtRunner {
     step: Session,
     eval: Session,
+    step_binding: IoBinding,
+    eval_binding: IoBinding,
     /// (input name, output name) of each carried value.
     carried: Vec<(String, String)>,
     params: usize,
+    /// The carried values (on the session's device after the first step), bound as inputs of both models.
     values: Vec<DynValue>,
     input: String,
     labels: String,
@@ -99,6 +102,8 @@ pub struct OrtRunner {
     correct: String,
     logits: String,
     input_shape: Vec<usize>,
+    /// Where the carried outputs are allocated.
+    device_memory: MemoryInfo<'static>,
     provider: &'static str,
 }
 
@@ -115,21 +120,25 @@ fn ort_session(model: &ModelProto, cuda: bool) -> Result<Session> {
         .map_err(|e| anyhow!("ONNX Runtime could not create a session: {e}"))
 }
 
+fn ort_err(e: ort::Error) -> anyhow::Error {
+    anyhow!("onnxruntime: {e}")
+}
+
 impl OrtRunner {
     pub fn new(models: Models<'_>, device: Device) -> Result<OrtRunner> {
-        let (step, eval, provider) = match device {
+        let (step, eval, cuda) = match device {
             Device::Cpu => (
                 ort_session(models.step, false)?,
                 ort_session(models.eval, false)?,
-                "CPUExecutionProvider",
+                false,
             ),
             Device::Cuda => (
                 ort_session(models.step, true)?,
                 ort_session(models.eval, true)?,
-                "CUDAExecutionProvider",
+                true,
             ),
             Device::Auto => match ort_session(models.step, true) {
-                Ok(s) => (s, ort_session(models.eval, true)?, "CUDAExecutionProvider"),
+                Ok(s) => (s, ort_session(models.eval, true)?, true),
                 Err(e) => {
                     eprintln!(
                         "warning: onnxruntime trains on the CPU: {}",
@@ -138,7 +147,7 @@ impl OrtRunner {
                     (
                         ort_session(models.step, false)?,
                         ort_session(models.eval, false)?,
-                        "CPUExecutionProvider",
+                        false,
                     )
                 }
             },
@@ -152,15 +161,59 @@ impl OrtRunner {
         for v in &models.start {
             values.push(
                 OrtTensor::from_array((v.shape.clone(), v.data.clone()))
-                    .map_err(|e| anyhow!("{e}"))?
+                    .map_err(ort_err)?
                     .into_dyn(),
             );
         }
         let m = models.manifest;
-        Ok(OrtRunner {
+        let carried = models.carried();
+        // Carried outputs stay where the session computes them; loss, correct and logits come to the host.
+        let (device_memory, host_memory) = if cuda {
+            (
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                ),
+                MemoryInfo::new(
+                    AllocationDevice::CUDA_PINNED,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::CPUOutput,
+                ),
+            )
+        } else {
+            let cpu = || {
+                MemoryInfo::new(
+                    AllocationDevice::CPU,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+            };
+            (cpu(), cpu())
+        };
+        let (device_memory, host_memory) = (
+            device_memory.map_err(ort_err)?,
+            host_memory.map_err(ort_err)?,
+        );
+        let mut step_binding = step.create_binding().map_err(ort_err)?;
+        for name in [&m.loss, &m.correct] {
+            step_binding
+                .bind_output_to_device(name.as_str(), &host_memory)
+                .map_err(ort_err)?;
+        }
+        let mut eval_binding = eval.create_binding().map_err(ort_err)?;
+        eval_binding
+            .bind_output_to_device(logits.as_str(), &host_memory)
+            .map_err(ort_err)?;
+        let mut runner = OrtRunner {
             step,
             eval,
-            carried: models.carried(),
+            step_binding,
+            eval_binding,
+            carried,
             params: m.params.len(),
             values,
             input: m.input.clone(),
@@ -170,9 +223,62 @@ impl OrtRunner {
             correct: m.correct.clone(),
             logits,
             input_shape: models.input_shape,
-            provider,
-        })
+            device_memory,
+            provider: if cuda {
+                "CUDAExecutionProvider, IoBinding"
+            } else {
+                "CPUExecutionProvider, IoBinding"
+            },
+        };
+        runner.bind_values()?;
+        Ok(runner)
     }
+
+    /// Binds the carried values as inputs of the step model, and the parameters as inputs of the eval model.
+    fn bind_values(&mut self) -> Result<()> {
+        for (k, ((name, _), value)) in self.carried.iter().zip(&self.values).enumerate() {
+            self.step_binding
+                .bind_input(name.as_str(), value)
+                .map_err(ort_err)?;
+            if k < self.params {
+                self.eval_binding
+                    .bind_input(name.as_str(), value)
+                    .map_err(ort_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bind_batch(
+        binding: &mut IoBinding,
+        (input, shape): (&str, &[usize]),
+        (labels_name, images, labels): (&str, &[f32], &[i64]),
+    ) -> Result<()> {
+        let x = OrtTensor::from_array((shape.to_vec(), images.to_vec())).map_err(ort_err)?;
+        binding.bind_input(input, &x).map_err(ort_err)?;
+        let y = OrtTensor::from_array(([labels.len()], labels.to_vec())).map_err(ort_err)?;
+        binding.bind_input(labels_name, &y).map_err(ort_err)?;
+        Ok(())
+    }
+}
+
+/// Host copy of a float32 tensor, from wherever it lives.
+fn to_host(v: &DynValue) -> Result<HostValue> {
+    let host = |shape: &[i64], data: &[f32]| HostValue {
+        shape: shape.iter().map(|&d| d as usize).collect(),
+        data: data.to_vec(),
+    };
+    if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+        return Ok(host(shape, data));
+    }
+    let on_host = v
+        .view()
+        .downcast::<TensorValueType<f32>>()
+        .map_err(ort_err)?
+        .to(AllocationDevice::CPU, 0)
+        .map_err(ort_err)?;
+    let (shape, data) = on_host.try_extract_tensor::<f32>().map_err(ort_err)?;
+    Ok(host(shape, data))
 }
 
 impl Runner for OrtRunner {
@@ -181,37 +287,33 @@ impl Runner for OrtRunner {
     }
 
     fn step(&mut self, images: &[f32], labels: &[i64], lr: f32) -> Result<(f32, i64)> {
-        let e = |e: ort::Error| anyhow!("onnxruntime failed to run the step model: {e}");
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            (
-                self.input.as_str().into(),
-                TensorRef::from_array_view((self.input_shape.as_slice(), images))
-                    .map_err(e)?
-                    .into(),
-            ),
-            (
-                self.labels.as_str().into(),
-                TensorRef::from_array_view(([labels.len()], labels))
-                    .map_err(e)?
-                    .into(),
-            ),
-            (
-                self.lr.as_str().into(),
-                OrtTensor::from_array((Vec::<usize>::new(), vec![lr]))
-                    .map_err(e)?
-                    .into(),
-            ),
-        ];
-        for ((name, _), value) in self.carried.iter().zip(&self.values) {
-            inputs.push((name.as_str().into(), value.into()));
+        Self::bind_batch(
+            &mut self.step_binding,
+            (&self.input, &self.input_shape),
+            (&self.labels, images, labels),
+        )?;
+        let lr = OrtTensor::from_array((Vec::<usize>::new(), vec![lr])).map_err(ort_err)?;
+        self.step_binding
+            .bind_input(self.lr.as_str(), &lr)
+            .map_err(ort_err)?;
+        // A bound output keeps its buffer after a run, and ORT writes the next run's result into it: the carried
+        // outputs are bound afresh before every step, so that step n+1 allocates new buffers instead of
+        // overwriting its own inputs (step n's outputs) while reading them.
+        for (_, next) in &self.carried {
+            self.step_binding
+                .bind_output_to_device(next.as_str(), &self.device_memory)
+                .map_err(ort_err)?;
         }
-        let mut out = self.step.run(inputs).map_err(e)?;
+        let mut out = self
+            .step
+            .run_binding(&self.step_binding)
+            .map_err(|e| anyhow!("onnxruntime failed to run the step model: {e}"))?;
         let loss = out[self.loss.as_str()]
             .try_extract_scalar::<f32>()
-            .map_err(e)?;
+            .map_err(ort_err)?;
         let correct = out[self.correct.as_str()]
             .try_extract_scalar::<i64>()
-            .map_err(e)?;
+            .map_err(ort_err)?;
         let mut next = Vec::with_capacity(self.carried.len());
         for (_, name) in &self.carried {
             next.push(
@@ -221,46 +323,28 @@ impl Runner for OrtRunner {
         }
         drop(out);
         self.values = next;
+        self.bind_values()?;
         Ok((loss, correct))
     }
 
     fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
-        let e = |e: ort::Error| anyhow!("onnxruntime failed to run the eval model: {e}");
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            (
-                self.input.as_str().into(),
-                TensorRef::from_array_view((self.input_shape.as_slice(), images))
-                    .map_err(e)?
-                    .into(),
-            ),
-            (
-                self.labels.as_str().into(),
-                TensorRef::from_array_view(([labels.len()], labels))
-                    .map_err(e)?
-                    .into(),
-            ),
-        ];
-        for ((name, _), value) in self.carried.iter().zip(&self.values).take(self.params) {
-            inputs.push((name.as_str().into(), value.into()));
-        }
-        let out = self.eval.run(inputs).map_err(e)?;
+        Self::bind_batch(
+            &mut self.eval_binding,
+            (&self.input, &self.input_shape),
+            (&self.labels, images, labels),
+        )?;
+        let out = self
+            .eval
+            .run_binding(&self.eval_binding)
+            .map_err(|e| anyhow!("onnxruntime failed to run the eval model: {e}"))?;
         let (_, data) = out[self.logits.as_str()]
             .try_extract_tensor::<f32>()
-            .map_err(e)?;
+            .map_err(ort_err)?;
         Ok(data.to_vec())
     }
 
     fn values(&self) -> Result<Vec<HostValue>> {
-        self.values
-            .iter()
-            .map(|v| {
-                let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("{e}"))?;
-                Ok(HostValue {
-                    shape: shape.iter().map(|&d| d as usize).collect(),
-                    data: data.to_vec(),
-                })
-            })
-            .collect()
+        self.values.iter().map(to_host).collect()
     }
 }
 
