@@ -296,6 +296,19 @@ fn resume_continues_bit_for_bit() {
     let mb = metrics(&part);
     assert_eq!(ma[1]["test_acc"], mb[1]["test_acc"]);
     assert_eq!(ma[1]["train_loss"], mb[1]["train_loss"]);
+    // Other settings are refused: a resumed run would silently differ.
+    let o = train(
+        &model,
+        &part,
+        engine,
+        &[
+            &flags[..],
+            &["--lr", "0.1", "--resume", part.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("other settings"), "{}", text(&o));
 }
 
 #[test]

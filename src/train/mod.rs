@@ -215,7 +215,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
     let names: Vec<String> = carried.iter().map(|(n, _)| n.clone()).collect();
-    let settings = json!({
+    let mut settings = json!({
         "model": req.model.display().to_string(),
         "data": req.data.to_string(),
         "every": req.every,
@@ -233,15 +233,6 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
     let (mut progress, start, mut rows) = match &req.resume {
         Some(dir) => {
             let (p, values) = checkpoint::load(dir, &carried)?;
-            if p.settings != settings {
-                bail!(
-                    "{} was trained with other settings; resume with the same model, data and flags \
-                     (--epochs and --out may differ)\n  checkpoint: {}\n  now:        {}",
-                    dir.display(),
-                    p.settings,
-                    settings
-                );
-            }
             let rows = metrics::read(dir)?;
             println!(
                 "resuming {} at epoch {}, step {} of it ({} steps done)",
@@ -276,10 +267,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         }
     };
     std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
-    if req.resume.is_none() {
-        // The epoch-0 checkpoint: what a run that fails in its first epoch leaves behind.
-        checkpoint::save(&req.out, &forward, &names, &start, &progress)?;
-    }
+    let first_values = req.resume.is_none().then(|| start.clone());
 
     let mut runner = runner::open(
         Models {
@@ -292,6 +280,23 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         req.engine,
         req.device,
     )?;
+    // Bit-for-bit continuation needs the same engine and provider, whatever `auto` chose.
+    settings["engine_used"] = json!(runner.describe());
+    match (&req.resume, first_values) {
+        (Some(dir), _) if progress.settings != settings => bail!(
+            "{} was trained with other settings; resume with the same model, data, flags and engine \
+             (--epochs and --out may differ)\n  checkpoint: {}\n  now:        {}",
+            dir.display(),
+            progress.settings,
+            settings
+        ),
+        (None, Some(values)) => {
+            progress.settings = settings.clone();
+            // The epoch-0 checkpoint: what a run that fails in its first epoch leaves behind.
+            checkpoint::save(&req.out, &forward, &names, &values, &progress)?;
+        }
+        _ => {}
+    }
     let learnable: usize = manifest
         .params
         .iter()
