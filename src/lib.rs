@@ -9,4 +9,5 @@ pub mod inputs;
 pub mod npy;
 pub mod reference;
 pub mod report;
+pub mod train;
 pub mod train_compile;

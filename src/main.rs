@@ -11,7 +11,7 @@ use rl_rewrite::data::{DataSpec, Normalization};
 use rl_rewrite::engine::select::EngineChoice;
 use rl_rewrite::engine::Device;
 use rl_rewrite::execute::EngineOptions;
-use rl_rewrite::{commands, evaluate, execute, train_compile};
+use rl_rewrite::{commands, evaluate, execute, train, train_compile};
 
 /// Rewrites an ONNX model for Replacement Learning: every K-th repeated unit (block or layer) is frozen and its
 /// parameters replaced by θ_l = a_l·θ_{l-1} + b_l·θ_{l+1}, with two learnable scalars per frozen unit.
@@ -237,6 +237,65 @@ enum Command {
         #[arg(long)]
         detach_neighbours: bool,
     },
+    /// Train a classifier: rewritten for Replacement Learning (--every K) or as it is (--bp), on ONNX Runtime
+    /// (or tract), with per-epoch metrics (metrics.csv, metrics.json) and checkpoints (model.onnx, state.onnx)
+    /// in --out.
+    Train {
+        /// The classifier (one image input, logits [N, classes] as first output).
+        model: PathBuf,
+        /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
+        #[arg(long, value_name = "SPEC")]
+        data: DataSpec,
+        /// Rewrite first, freezing every K-th unit (block units) of each stage.
+        #[arg(
+            long,
+            value_name = "K",
+            required_unless_present = "bp",
+            conflicts_with = "bp"
+        )]
+        every: Option<usize>,
+        /// Train the model as it is (ordinary end-to-end backpropagation).
+        #[arg(long)]
+        bp: bool,
+        #[arg(long, value_name = "E", default_value_t = 10)]
+        epochs: usize,
+        /// Images per step (the last partial batch of an epoch is dropped).
+        #[arg(long, value_name = "B", default_value_t = 128)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "sgd")]
+        optimizer: OptimizerArg,
+        /// Base learning rate.
+        #[arg(long, value_name = "LR", default_value_t = 0.1)]
+        lr: f64,
+        #[arg(long, value_enum, default_value = "cosine")]
+        schedule: train::Schedule,
+        /// Linear warm-up over the first N steps.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        warmup: u64,
+        /// SGD momentum.
+        #[arg(long, value_name = "M", default_value_t = 0.9)]
+        momentum: f64,
+        /// Weight decay [default: 5e-4 for SGD, 0.01 for AdamW]; never applied to a, b, biases or norm parameters.
+        #[arg(long, value_name = "WD")]
+        weight_decay: Option<f64>,
+        /// Training augmentation.
+        #[arg(long, value_enum, default_value = "none")]
+        augment: AugmentArg,
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Seed of shuffling and augmentation.
+        #[arg(long, value_name = "S", default_value_t = 0)]
+        seed: u64,
+        /// Folder for metrics and checkpoints.
+        #[arg(long, value_name = "DIR", default_value = "rl-train")]
+        out: PathBuf,
+        /// Continue the run checkpointed in DIR (same model, data and flags; --epochs is the total).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// Stop after N epochs of this invocation, checkpointed (to be resumed later).
+        #[arg(long, value_name = "N", hide = true)]
+        stop_after: Option<usize>,
+    },
     /// Fold each integration subgraph of a rewritten (trained) model into a stored tensor: a plain inference
     /// model with the original structure (check it with `rl-rewrite check`).
     Bake {
@@ -252,6 +311,14 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "rl-demo")]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AugmentArg {
+    /// Pad 4, random crop, random horizontal flip (seeded).
+    CropFlip,
+    /// No augmentation.
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -279,6 +346,31 @@ impl EngineArgs {
             device: self.device,
             batch,
         }
+    }
+}
+
+fn make_optimizer(
+    kind: OptimizerArg,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: Option<f64>,
+) -> Optimizer {
+    match kind {
+        OptimizerArg::Sgd => Optimizer::sgd(momentum, nesterov, weight_decay.unwrap_or(5e-4)),
+        OptimizerArg::Adamw => match Optimizer::adamw() {
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: default,
+            } => Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: weight_decay.unwrap_or(default),
+            },
+            other => other,
+        },
     }
 }
 
@@ -319,25 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             label_smoothing,
             detach_neighbours,
         }) => {
-            let optimizer = match optimizer {
-                OptimizerArg::Sgd => {
-                    Optimizer::sgd(momentum, nesterov, weight_decay.unwrap_or(5e-4))
-                }
-                OptimizerArg::Adamw => match Optimizer::adamw() {
-                    Optimizer::AdamW {
-                        beta1,
-                        beta2,
-                        eps,
-                        weight_decay: default,
-                    } => Optimizer::AdamW {
-                        beta1,
-                        beta2,
-                        eps,
-                        weight_decay: weight_decay.unwrap_or(default),
-                    },
-                    other => other,
-                },
-            };
+            let optimizer = make_optimizer(optimizer, momentum, nesterov, weight_decay);
             train_compile::compile_train_command(&train_compile::CompileTrainRequest {
                 model,
                 output,
@@ -352,6 +426,43 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
             })
         }
+        Some(Command::Train {
+            model,
+            data,
+            every,
+            bp: _,
+            epochs,
+            batch,
+            optimizer,
+            lr,
+            schedule,
+            warmup,
+            momentum,
+            weight_decay,
+            augment,
+            engine,
+            seed,
+            out,
+            resume,
+            stop_after,
+        }) => train::train_command(&train::TrainRequest {
+            model,
+            data,
+            every,
+            epochs,
+            batch,
+            optimizer: make_optimizer(optimizer, momentum, false, weight_decay),
+            lr,
+            schedule,
+            warmup,
+            augment: matches!(augment, AugmentArg::CropFlip),
+            engine: engine.engine,
+            device: engine.device,
+            seed,
+            out,
+            resume,
+            stop_after,
+        }),
         Some(Command::Eval {
             model,
             data,

@@ -194,6 +194,12 @@ fn runtime() -> Result<&'static Runtime, EngineError> {
         .map_err(|m| prepare_error(m.clone()))
 }
 
+/// The process's ONNX Runtime environment (loading the library if not yet done), for callers that build their
+/// own sessions (the training loop).
+pub fn environment() -> Result<&'static Environment, EngineError> {
+    Ok(&runtime()?.env)
+}
+
 /// The library that was loaded (loading it if not yet done).
 pub fn loaded_library() -> Result<PathBuf, EngineError> {
     Ok(runtime()?.library.clone())

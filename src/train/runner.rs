@@ -1,0 +1,561 @@
+//! Running the step and eval models, with the parameters and optimizer state kept as engine values between
+//! steps.
+//!
+//! - **ONNX Runtime**: IoBinding. The step model's outputs `x.next` are bound to the session's device (CUDA
+//!   memory on the CUDA provider, ORT-owned host memory on the CPU one) and, after each step, *moved* out of the
+//!   outputs and bound as the next step's inputs `x`: parameters and optimizer state never pass through host
+//!   vectors. Only the batch, the labels and the learning rate go in, and `loss` and `correct` (bound to host
+//!   memory) come out, per step. The eval model gets the same device values bound as its parameter inputs.
+//!   Host copies are made only for checkpoints.
+//! - **tract**: the state lives in tract values (`TValue`, reference counted); outputs are moved into the next
+//!   step's inputs the same way.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::{DynValue, Tensor as OrtTensor, TensorValueType};
+use prost::Message;
+use rl_passes::onnx::{type_proto::Value as Type, ModelProto};
+use rl_passes::training::TrainManifest;
+use tract_onnx::prelude::*;
+
+use crate::engine::select::EngineChoice;
+use crate::engine::Device;
+
+/// A tensor on the host: shape and float32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostValue {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Drives a compiled step model and its eval model.
+pub trait Runner {
+    /// What runs the models, e.g. `onnxruntime (CPUExecutionProvider)`.
+    fn describe(&self) -> String;
+    /// One training step: returns (loss, correct).
+    fn step(&mut self, images: &[f32], labels: &[i64], lr: f32) -> Result<(f32, i64)>;
+    /// The eval model's first output (the logits, `[N, classes]` flattened) for one batch, with the current
+    /// parameters.
+    fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>>;
+    /// Host copies of the parameters and the optimizer state, in manifest order.
+    fn values(&self) -> Result<Vec<HostValue>>;
+}
+
+/// Everything a runner needs to know about the models.
+pub struct Models<'a> {
+    pub step: &'a ModelProto,
+    pub eval: &'a ModelProto,
+    pub manifest: &'a TrainManifest,
+    /// Shape of the batch input, batch dimension included.
+    pub input_shape: Vec<usize>,
+    /// Starting values of the parameters then the state, in manifest order.
+    pub start: Vec<HostValue>,
+}
+
+impl Models<'_> {
+    fn carried(&self) -> Vec<(String, String)> {
+        self.manifest
+            .params
+            .iter()
+            .chain(&self.manifest.state)
+            .map(|t| (t.name.clone(), t.next.clone()))
+            .collect()
+    }
+}
+
+/// Opens the chosen engine (`auto`: ONNX Runtime when its library is found, else tract).
+pub fn open(models: Models<'_>, choice: EngineChoice, device: Device) -> Result<Box<dyn Runner>> {
+    match choice {
+        EngineChoice::Ort => Ok(Box::new(OrtRunner::new(models, device)?)),
+        EngineChoice::Tract => {
+            if device == Device::Cuda {
+                bail!("tract runs on the CPU only; use --engine ort --device cuda for the GPU");
+            }
+            Ok(Box::new(TractRunner::new(models)?))
+        }
+        EngineChoice::Auto => match crate::engine::ort::find_library() {
+            Ok(_) => Ok(Box::new(OrtRunner::new(models, device)?)),
+            Err(e) if device == Device::Cuda => Err(e.into()),
+            Err(e) => {
+                eprintln!("note: {e}; training with the embedded tract engine");
+                Ok(Box::new(TractRunner::new(models)?))
+            }
+        },
+    }
+}
+
+pub struct OrtRunner {
+    step: Session,
+    eval: Session,
+    step_binding: IoBinding,
+    eval_binding: IoBinding,
+    /// (input name, output name) of each carried value.
+    carried: Vec<(String, String)>,
+    params: usize,
+    /// The carried values (on the session's device after the first step), bound as inputs of both models.
+    values: Vec<DynValue>,
+    input: String,
+    labels: String,
+    lr: String,
+    loss: String,
+    correct: String,
+    logits: String,
+    input_shape: Vec<usize>,
+    /// Where the carried outputs are allocated.
+    device_memory: MemoryInfo<'static>,
+    provider: &'static str,
+}
+
+fn ort_session(model: &ModelProto, cuda: bool) -> Result<Session> {
+    let env = crate::engine::ort::environment()?;
+    let mut builder = Session::builder(env).map_err(|e| anyhow!("{e}"))?;
+    if cuda {
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| anyhow!("the CUDA execution provider could not be registered: {e}"))?;
+    }
+    builder
+        .commit_from_memory(&model.encode_to_vec())
+        .map_err(|e| anyhow!("ONNX Runtime could not create a session: {e}"))
+}
+
+fn ort_err(e: ort::Error) -> anyhow::Error {
+    anyhow!("onnxruntime: {e}")
+}
+
+impl OrtRunner {
+    pub fn new(models: Models<'_>, device: Device) -> Result<OrtRunner> {
+        let (step, eval, cuda) = match device {
+            Device::Cpu => (
+                ort_session(models.step, false)?,
+                ort_session(models.eval, false)?,
+                false,
+            ),
+            Device::Cuda => (
+                ort_session(models.step, true)?,
+                ort_session(models.eval, true)?,
+                true,
+            ),
+            Device::Auto => match ort_session(models.step, true) {
+                Ok(s) => (s, ort_session(models.eval, true)?, true),
+                Err(e) => {
+                    eprintln!(
+                        "warning: onnxruntime trains on the CPU: {}",
+                        e.to_string().replace('\n', " ")
+                    );
+                    (
+                        ort_session(models.step, false)?,
+                        ort_session(models.eval, false)?,
+                        false,
+                    )
+                }
+            },
+        };
+        let logits = eval
+            .outputs()
+            .first()
+            .map(|o| o.name().to_owned())
+            .ok_or_else(|| anyhow!("the eval model has no output"))?;
+        let mut values = Vec::new();
+        for v in &models.start {
+            values.push(
+                OrtTensor::from_array((v.shape.clone(), v.data.clone()))
+                    .map_err(ort_err)?
+                    .into_dyn(),
+            );
+        }
+        let m = models.manifest;
+        let carried = models.carried();
+        // Carried outputs stay where the session computes them; loss, correct and logits come to the host.
+        let (device_memory, host_memory) = if cuda {
+            (
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                ),
+                MemoryInfo::new(
+                    AllocationDevice::CUDA_PINNED,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::CPUOutput,
+                ),
+            )
+        } else {
+            let cpu = || {
+                MemoryInfo::new(
+                    AllocationDevice::CPU,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+            };
+            (cpu(), cpu())
+        };
+        let (device_memory, host_memory) = (
+            device_memory.map_err(ort_err)?,
+            host_memory.map_err(ort_err)?,
+        );
+        let mut step_binding = step.create_binding().map_err(ort_err)?;
+        for name in [&m.loss, &m.correct] {
+            step_binding
+                .bind_output_to_device(name.as_str(), &host_memory)
+                .map_err(ort_err)?;
+        }
+        let mut eval_binding = eval.create_binding().map_err(ort_err)?;
+        eval_binding
+            .bind_output_to_device(logits.as_str(), &host_memory)
+            .map_err(ort_err)?;
+        let mut runner = OrtRunner {
+            step,
+            eval,
+            step_binding,
+            eval_binding,
+            carried,
+            params: m.params.len(),
+            values,
+            input: m.input.clone(),
+            labels: m.labels.clone(),
+            lr: m.lr.clone(),
+            loss: m.loss.clone(),
+            correct: m.correct.clone(),
+            logits,
+            input_shape: models.input_shape,
+            device_memory,
+            provider: if cuda {
+                "CUDAExecutionProvider, IoBinding"
+            } else {
+                "CPUExecutionProvider, IoBinding"
+            },
+        };
+        runner.bind_values()?;
+        Ok(runner)
+    }
+
+    /// Binds the carried values as inputs of the step model, and the parameters as inputs of the eval model.
+    fn bind_values(&mut self) -> Result<()> {
+        for (k, ((name, _), value)) in self.carried.iter().zip(&self.values).enumerate() {
+            self.step_binding
+                .bind_input(name.as_str(), value)
+                .map_err(ort_err)?;
+            if k < self.params {
+                self.eval_binding
+                    .bind_input(name.as_str(), value)
+                    .map_err(ort_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bind_batch(
+        binding: &mut IoBinding,
+        (input, shape): (&str, &[usize]),
+        (labels_name, images, labels): (&str, &[f32], &[i64]),
+    ) -> Result<()> {
+        let x = OrtTensor::from_array((shape.to_vec(), images.to_vec())).map_err(ort_err)?;
+        binding.bind_input(input, &x).map_err(ort_err)?;
+        let y = OrtTensor::from_array(([labels.len()], labels.to_vec())).map_err(ort_err)?;
+        binding.bind_input(labels_name, &y).map_err(ort_err)?;
+        Ok(())
+    }
+}
+
+/// Host copy of a float32 tensor, from wherever it lives.
+fn to_host(v: &DynValue) -> Result<HostValue> {
+    let host = |shape: &[i64], data: &[f32]| HostValue {
+        shape: shape.iter().map(|&d| d as usize).collect(),
+        data: data.to_vec(),
+    };
+    if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+        return Ok(host(shape, data));
+    }
+    let on_host = v
+        .view()
+        .downcast::<TensorValueType<f32>>()
+        .map_err(ort_err)?
+        .to(AllocationDevice::CPU, 0)
+        .map_err(ort_err)?;
+    let (shape, data) = on_host.try_extract_tensor::<f32>().map_err(ort_err)?;
+    Ok(host(shape, data))
+}
+
+impl Runner for OrtRunner {
+    fn describe(&self) -> String {
+        format!("onnxruntime ({})", self.provider)
+    }
+
+    fn step(&mut self, images: &[f32], labels: &[i64], lr: f32) -> Result<(f32, i64)> {
+        Self::bind_batch(
+            &mut self.step_binding,
+            (&self.input, &self.input_shape),
+            (&self.labels, images, labels),
+        )?;
+        let lr = OrtTensor::from_array((Vec::<usize>::new(), vec![lr])).map_err(ort_err)?;
+        self.step_binding
+            .bind_input(self.lr.as_str(), &lr)
+            .map_err(ort_err)?;
+        // A bound output keeps its buffer after a run, and ORT writes the next run's result into it: the carried
+        // outputs are bound afresh before every step, so that step n+1 allocates new buffers instead of
+        // overwriting its own inputs (step n's outputs) while reading them.
+        for (_, next) in &self.carried {
+            self.step_binding
+                .bind_output_to_device(next.as_str(), &self.device_memory)
+                .map_err(ort_err)?;
+        }
+        let mut out = self
+            .step
+            .run_binding(&self.step_binding)
+            .map_err(|e| anyhow!("onnxruntime failed to run the step model: {e}"))?;
+        let loss = out[self.loss.as_str()]
+            .try_extract_scalar::<f32>()
+            .map_err(ort_err)?;
+        let correct = out[self.correct.as_str()]
+            .try_extract_scalar::<i64>()
+            .map_err(ort_err)?;
+        let mut next = Vec::with_capacity(self.carried.len());
+        for (_, name) in &self.carried {
+            next.push(
+                out.remove(name)
+                    .ok_or_else(|| anyhow!("the step model has no output '{name}'"))?,
+            );
+        }
+        drop(out);
+        self.values = next;
+        self.bind_values()?;
+        Ok((loss, correct))
+    }
+
+    fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
+        Self::bind_batch(
+            &mut self.eval_binding,
+            (&self.input, &self.input_shape),
+            (&self.labels, images, labels),
+        )?;
+        let out = self
+            .eval
+            .run_binding(&self.eval_binding)
+            .map_err(|e| anyhow!("onnxruntime failed to run the eval model: {e}"))?;
+        let (_, data) = out[self.logits.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err)?;
+        Ok(data.to_vec())
+    }
+
+    fn values(&self) -> Result<Vec<HostValue>> {
+        self.values.iter().map(to_host).collect()
+    }
+}
+
+/// A model planned by tract for fixed input facts; inputs and outputs by name.
+struct TractPlan {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+fn tract_plan(
+    model: &ModelProto,
+    facts: &dyn Fn(&str) -> Option<InferenceFact>,
+) -> Result<TractPlan> {
+    let mut model = model.clone();
+    if let Some(g) = &mut model.graph {
+        g.value_info.clear();
+        for o in &mut g.output {
+            if let Some(Type::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+                t.shape = None;
+            }
+        }
+    }
+    let outputs = model
+        .graph
+        .as_ref()
+        .map(|g| g.output.iter().map(|o| o.name().to_owned()).collect())
+        .unwrap_or_default();
+    let bytes = model.encode_to_vec();
+    let mut m = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .map_err(|e| anyhow!("tract could not read the model: {e:#}"))?;
+    let names: Vec<String> = m
+        .input_outlets()?
+        .iter()
+        .map(|o| m.node(o.node).name.clone())
+        .collect();
+    for (k, name) in names.iter().enumerate() {
+        let fact = facts(name).ok_or_else(|| anyhow!("no shape known for input '{name}'"))?;
+        m = m.with_input_fact(k, fact)?;
+    }
+    let plan = m
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| anyhow!("tract could not prepare the model: {e:#}"))?;
+    Ok(TractPlan {
+        plan,
+        inputs: names,
+        outputs,
+    })
+}
+
+pub struct TractRunner {
+    step: TractPlan,
+    eval: TractPlan,
+    carried: Vec<(String, String)>,
+    params: usize,
+    values: Vec<TValue>,
+    input: String,
+    labels: String,
+    lr: String,
+    loss: String,
+    correct: String,
+    input_shape: Vec<usize>,
+}
+
+impl TractRunner {
+    pub fn new(models: Models<'_>) -> Result<TractRunner> {
+        let m = models.manifest;
+        let batch = models.input_shape[0];
+        let carried = models.carried();
+        let shapes: Vec<(String, Vec<usize>)> = m
+            .params
+            .iter()
+            .chain(&m.state)
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let facts = |name: &str| -> Option<InferenceFact> {
+            if name == m.input {
+                Some(f32::fact(&models.input_shape).into())
+            } else if name == m.labels {
+                Some(i64::fact([batch]).into())
+            } else if name == m.lr {
+                Some(f32::fact([0usize; 0]).into())
+            } else {
+                shapes
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| f32::fact(s).into())
+            }
+        };
+        let step = tract_plan(models.step, &facts).context("the step model")?;
+        // tract turns a graph input with an initializer into a constant, so the eval model's parameters lose
+        // their stored defaults here and become plain inputs.
+        let mut eval = models.eval.clone();
+        if let Some(g) = eval.graph.as_mut() {
+            g.initializer
+                .retain(|t| !m.params.iter().any(|p| p.name == t.name()));
+        }
+        let eval = tract_plan(&eval, &facts).context("the eval model")?;
+        let values = models
+            .start
+            .iter()
+            .map(|v| Ok(Tensor::from_shape(&v.shape, &v.data)?.into_tvalue()))
+            .collect::<TractResult<Vec<_>>>()?;
+        Ok(TractRunner {
+            step,
+            eval,
+            carried,
+            params: m.params.len(),
+            values,
+            input: m.input.clone(),
+            labels: m.labels.clone(),
+            lr: m.lr.clone(),
+            loss: m.loss.clone(),
+            correct: m.correct.clone(),
+            input_shape: models.input_shape,
+        })
+    }
+
+    fn feed(
+        &self,
+        plan: &TractPlan,
+        images: &[f32],
+        labels: &[i64],
+        lr: Option<f32>,
+        carried: usize,
+    ) -> Result<TVec<TValue>> {
+        let mut inputs = TVec::new();
+        for name in &plan.inputs {
+            let v = if *name == self.input {
+                Tensor::from_shape(&self.input_shape, images)?.into_tvalue()
+            } else if *name == self.labels {
+                Tensor::from_shape(&[labels.len()], labels)?.into_tvalue()
+            } else if *name == self.lr {
+                tensor0(lr.ok_or_else(|| anyhow!("the eval model asks for the learning rate"))?)
+                    .into_tvalue()
+            } else {
+                let k = self.carried[..carried]
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .ok_or_else(|| anyhow!("unexpected model input '{name}'"))?;
+                self.values[k].clone()
+            };
+            inputs.push(v);
+        }
+        Ok(inputs)
+    }
+}
+
+impl Runner for TractRunner {
+    fn describe(&self) -> String {
+        "tract (CPU)".to_owned()
+    }
+
+    fn step(&mut self, images: &[f32], labels: &[i64], lr: f32) -> Result<(f32, i64)> {
+        let inputs = self.feed(&self.step, images, labels, Some(lr), self.carried.len())?;
+        let out = self
+            .step
+            .plan
+            .run(inputs)
+            .map_err(|e| anyhow!("tract failed to run the step model: {e:#}"))?;
+        let mut out: Vec<Option<TValue>> = out.into_iter().map(Some).collect();
+        let mut take = |name: &str| -> Result<TValue> {
+            let k = self
+                .step
+                .outputs
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| anyhow!("the step model has no output '{name}'"))?;
+            out[k]
+                .take()
+                .ok_or_else(|| anyhow!("output '{name}' used twice"))
+        };
+        let loss = take(&self.loss)?.cast_to_scalar::<f32>()?;
+        let correct = take(&self.correct)?.cast_to_scalar::<i64>()?;
+        let mut next = Vec::with_capacity(self.carried.len());
+        for (_, name) in &self.carried {
+            next.push(take(name)?);
+        }
+        self.values = next;
+        Ok((loss, correct))
+    }
+
+    fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
+        let inputs = self.feed(&self.eval, images, labels, None, self.params)?;
+        let out = self
+            .eval
+            .plan
+            .run(inputs)
+            .map_err(|e| anyhow!("tract failed to run the eval model: {e:#}"))?;
+        let logits = out
+            .first()
+            .ok_or_else(|| anyhow!("the eval model has no output"))?;
+        Ok(logits
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+
+    fn values(&self) -> Result<Vec<HostValue>> {
+        self.values
+            .iter()
+            .map(|v| {
+                let view = v.to_plain_array_view::<f32>()?;
+                Ok(HostValue {
+                    shape: view.shape().to_vec(),
+                    data: view.iter().copied().collect(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,445 @@
+//! `rl-rewrite train` end to end on a residual MLP and synthetic data: it learns (BP and Replacement Learning),
+//! writes metrics and checkpoints that run, resumes bit for bit, and stops cleanly on a NaN loss.
+//!
+//! ONNX Runtime is used when its library is found; under CI (env `CI`) it must be, never skipped.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use prost::Message;
+use rl_passes::onnx::{
+    tensor_shape_proto::dimension::Value as Dim, tensor_shape_proto::Dimension, type_proto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+use rl_passes::tensor::{f32_tensor, f32_values};
+
+const WIDTH: usize = 16;
+const CLASSES: usize = 4;
+/// 1×4×4 images (16 values, the MLP's width), 4 classes, 1024 images per split.
+const DATA: &str = "synthetic:1024:1x4x4:4:3";
+
+fn value(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
+    let dim = dims
+        .into_iter()
+        .map(|d| Dimension {
+            value: Some(d),
+            denotation: None,
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Deterministic values in about [-scale, scale].
+fn weights(seed: usize, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) + 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// x [N, 16] → Flatten → 4 equal residual blocks h = h + Relu(h·W_k + b_k) → logits = h·W_out + b_out.
+fn residual_mlp() -> ModelProto {
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let mut nodes = vec![node("Flatten", &["x"], "flat")];
+    let mut inits = Vec::new();
+    let mut h = "flat".to_owned();
+    for k in 0..4 {
+        let w = format!("blocks.{k}.weight");
+        let b = format!("blocks.{k}.bias");
+        inits.push(f32_tensor(
+            &w,
+            &[WIDTH as i64, WIDTH as i64],
+            &weights(k + 1, WIDTH * WIDTH, 0.25),
+        ));
+        inits.push(f32_tensor(&b, &[WIDTH as i64], &[0.0; WIDTH]));
+        let mm = format!("blocks.{k}.mm");
+        let add = format!("blocks.{k}.add");
+        let relu = format!("blocks.{k}.relu");
+        let out = format!("blocks.{k}.out");
+        nodes.push(node("MatMul", &[&h, &w], &mm));
+        nodes.push(node("Add", &[&mm, &b], &add));
+        nodes.push(node("Relu", &[&add], &relu));
+        nodes.push(node("Add", &[&h, &relu], &out));
+        h = out;
+    }
+    inits.push(f32_tensor(
+        "head.weight",
+        &[WIDTH as i64, CLASSES as i64],
+        &weights(99, WIDTH * CLASSES, 0.25),
+    ));
+    inits.push(f32_tensor("head.bias", &[CLASSES as i64], &[0.0; CLASSES]));
+    nodes.push(node("MatMul", &[&h, "head.weight"], "head.mm"));
+    nodes.push(node("Add", &["head.mm", "head.bias"], "logits"));
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("residual_mlp".into()),
+            node: nodes,
+            initializer: inits,
+            input: vec![value(
+                "x",
+                vec![
+                    Dim::DimParam("N".into()),
+                    Dim::DimValue(1),
+                    Dim::DimValue(4),
+                    Dim::DimValue(4),
+                ],
+            )],
+            output: vec![value(
+                "logits",
+                vec![Dim::DimParam("N".into()), Dim::DimValue(CLASSES as i64)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The engine the tests train on: ONNX Runtime when its library is found (always under CI), else tract.
+fn engine() -> &'static str {
+    let found = rl_rewrite::engine::ort::find_library();
+    match found {
+        Ok(_) => "ort",
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI must train on ONNX Runtime: {e}")
+        }
+        Err(e) => {
+            eprintln!("note: {e}; the train tests use tract");
+            "tract"
+        }
+    }
+}
+
+fn train(model: &Path, out: &Path, engine: &str, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .arg("train")
+        .arg(model)
+        .args(["--data", DATA, "--batch", "32"])
+        .args(if extra.contains(&"--lr") {
+            &[][..]
+        } else {
+            &["--lr", "0.05"][..]
+        })
+        .args(["--engine", engine, "--device", "cpu", "--seed", "5"])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_model(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("mlp.onnx");
+    std::fs::write(&path, residual_mlp().encode_to_vec()).unwrap();
+    path
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(out.join("metrics.json")).unwrap(),
+    )
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+fn initializer(model: &Path, name: &str) -> Vec<f32> {
+    let m = rl_passes::io::load_model(model).unwrap().model;
+    let g = m.graph.unwrap();
+    let t = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("{}: no initializer {name}", model.display()));
+    f32_values(t).unwrap()
+}
+
+fn learns(engine: &str, mode: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("run");
+    let o = train(&model, &out, engine, &[mode, &["--epochs", "4"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 4, "one row per epoch");
+    let last = rows.last().unwrap();
+    let acc = last["test_acc"].as_f64().unwrap();
+    assert!(
+        acc > 0.6,
+        "{mode:?} on {engine}: test accuracy {acc} (chance 0.25)\n{}",
+        text(&o)
+    );
+    assert!(last["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(last["peak_host_mib"].as_f64().unwrap() > 0.0);
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_time_s,images_per_s,peak_host_mib"
+    );
+    assert_eq!(lines.count(), 4);
+    // The checkpoint is an inference model that runs.
+    let ck = out.join("model.onnx");
+    let run = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .args(["run"])
+        .arg(&ck)
+        .args(["--engine", "tract", "--batch", "3"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    assert_ne!(
+        initializer(&ck, "blocks.0.weight"),
+        initializer(&model, "blocks.0.weight"),
+        "trained weights are in the checkpoint"
+    );
+    if mode.contains(&"--every") {
+        // blocks.1 is frozen: its a and b trained away from 0.5, its weight replaced.
+        for name in ["blocks.1.rl_a", "blocks.1.rl_b"] {
+            let v = initializer(&ck, name);
+            assert_eq!(v.len(), 1);
+            assert!((v[0] - 0.5).abs() > 1e-4, "{name} = {}", v[0]);
+        }
+        let init = rl_passes::io::load_model(&ck).unwrap().model;
+        assert!(!init
+            .graph
+            .unwrap()
+            .initializer
+            .iter()
+            .any(|t| t.name() == "blocks.1.weight"));
+    }
+}
+
+#[test]
+fn bp_learns_on_the_chosen_engine() {
+    learns(engine(), &["--bp"]);
+}
+
+#[test]
+fn replacement_learning_learns_and_trains_a_and_b() {
+    learns(engine(), &["--every", "2"]);
+}
+
+#[test]
+fn bp_learns_on_tract() {
+    learns("tract", &["--bp", "--optimizer", "adamw", "--lr", "0.01"]);
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let flags = ["--every", "2", "--epochs", "2", "--augment", "crop-flip"];
+    let whole = dir.path().join("whole");
+    let o = train(&model, &whole, engine, &flags);
+    assert!(o.status.success(), "{}", text(&o));
+    let part = dir.path().join("part");
+    let o = train(
+        &model,
+        &part,
+        engine,
+        &[&flags[..], &["--stop-after", "1"]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(metrics(&part).len(), 1);
+    let o = train(
+        &model,
+        &part,
+        engine,
+        &[&flags[..], &["--resume", part.to_str().unwrap()]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming"), "{}", text(&o));
+    assert_eq!(metrics(&part).len(), 2);
+    let a = std::fs::read(whole.join("state.onnx")).unwrap();
+    let b = std::fs::read(part.join("state.onnx")).unwrap();
+    assert!(
+        a == b,
+        "the resumed run's parameters and state differ from the uninterrupted run's"
+    );
+    let ma = metrics(&whole);
+    let mb = metrics(&part);
+    assert_eq!(ma[1]["test_acc"], mb[1]["test_acc"]);
+    assert_eq!(ma[1]["train_loss"], mb[1]["train_loss"]);
+    // Other settings are refused: a resumed run would silently differ.
+    let o = train(
+        &model,
+        &part,
+        engine,
+        &[
+            &flags[..],
+            &["--lr", "0.1", "--resume", part.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("other settings"), "{}", text(&o));
+}
+
+#[test]
+fn a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("run");
+    let o = train(
+        &model,
+        &out,
+        engine,
+        &["--bp", "--epochs", "2", "--lr", "1e30"],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("the loss became") && t.contains("learning rate") && t.contains("epoch 1"),
+        "{t}"
+    );
+    // The epoch-0 checkpoint is intact: the initial weights, finite.
+    let ck = out.join("model.onnx");
+    assert_eq!(
+        initializer(&ck, "blocks.0.weight"),
+        initializer(&model, "blocks.0.weight")
+    );
+    assert!(out.join("state.onnx").is_file());
+}
+
+#[test]
+fn ctrl_c_checkpoints_mid_epoch_and_the_resumed_run_matches() {
+    use std::io::{BufRead, BufReader};
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    // 1024 steps per epoch; the signal comes right after the first epoch's line, somewhere in the second epoch.
+    let flags = ["--every", "2", "--epochs", "3", "--batch", "8"];
+    let data = "synthetic:8192:1x4x4:4:3";
+    let run = |out: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"));
+        c.arg("train")
+            .arg(&model)
+            .args(["--data", data, "--lr", "0.05", "--engine", engine])
+            .args(["--device", "cpu"])
+            .args(flags)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        c
+    };
+    let part = dir.path().join("part");
+    let mut child = run(&part, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("epoch 1/3") {
+            break;
+        }
+    }
+    // SAFETY: signalling our own child by its id.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    if o.status.success() {
+        // The run finished before the signal arrived (a very fast machine): nothing to resume.
+        eprintln!("note: the run ended before Ctrl-C: {t}");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(130), "{t}");
+    assert!(t.contains("interrupted: checkpoint written"), "{t}");
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(part.join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert!(
+        progress["global_step"].as_u64().unwrap() >= 1024,
+        "{progress}"
+    );
+    let o = run(&part, &["--resume", part.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let whole = dir.path().join("whole");
+    let o = run(&whole, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read(whole.join("state.onnx")).unwrap()
+            == std::fs::read(part.join("state.onnx")).unwrap(),
+        "resumed after Ctrl-C at {progress}: parameters differ from the uninterrupted run"
+    );
+    // Times, throughput and memory differ between runs; the numbers of learning must not.
+    let learning = |rows: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        rows.into_iter()
+            .map(|mut r| {
+                for k in ["epoch_time_s", "images_per_s", "peak_host_mib"] {
+                    r.as_object_mut().unwrap().remove(k);
+                }
+                r
+            })
+            .collect()
+    };
+    assert_eq!(learning(metrics(&whole)), learning(metrics(&part)));
+}
+
+#[test]
+fn the_trained_rewrite_bakes_into_an_equal_plain_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("run");
+    let o = train(&model, &out, engine(), &["--every", "2", "--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bin = env!("CARGO_BIN_EXE_rl-rewrite");
+    let baked = dir.path().join("baked.onnx");
+    let b = Command::new(bin)
+        .arg("bake")
+        .arg(out.join("model.onnx"))
+        .arg("-o")
+        .arg(&baked)
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", text(&b));
+    let c = Command::new(bin)
+        .arg("check")
+        .arg(out.join("model.onnx"))
+        .arg(&baked)
+        .args(["--engine", "tract"])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", text(&c));
+}
