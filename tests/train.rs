@@ -443,3 +443,69 @@ fn the_trained_rewrite_bakes_into_an_equal_plain_model() {
         .unwrap();
     assert!(c.status.success(), "{}", text(&c));
 }
+
+/// A model with BatchNormalization: the eval model and the checkpoint must use the trained running statistics.
+#[test]
+fn a_batchnorm_resnet_evaluates_with_its_trained_running_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("resnet.onnx");
+    let opts = rl_models::ZooOptions {
+        classes: 4,
+        image_size: 8,
+        channels: 3,
+        seed: 2,
+    };
+    let resnet = rl_models::build_custom_resnet_cifar(1, 4, &opts).unwrap();
+    std::fs::write(&model, resnet.encode_to_vec()).unwrap();
+    let data = "synthetic:512:3x8x8:4:1";
+    let mut engines = vec!["tract"];
+    if engine() == "ort" {
+        engines.push("ort");
+    }
+    for engine in engines {
+        let out = dir.path().join(format!("run-{engine}"));
+        let run = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+            .arg("train")
+            .arg(&model)
+            .args([
+                "--data", data, "--bp", "--epochs", "3", "--batch", "32", "--lr", "0.05",
+            ])
+            .args([
+                "--engine", engine, "--device", "cpu", "--seed", "1", "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{engine}: {}", text(&run));
+        let rows = metrics(&out);
+        let last = rows.last().unwrap();
+        let (test_loss, test_acc) = (
+            last["test_loss"].as_f64().unwrap(),
+            last["test_acc"].as_f64().unwrap(),
+        );
+        assert!(
+            test_loss.is_finite() && test_loss < 5.0,
+            "{engine}: test loss {test_loss} (running statistics unused?)"
+        );
+        assert!(
+            test_acc > 0.5,
+            "{engine}: test accuracy {test_acc} (chance 0.25)"
+        );
+        // The checkpoint is inference-ready: `eval` on it reproduces the run's test accuracy.
+        let eval = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+            .arg("eval")
+            .arg(out.join("model.onnx"))
+            .args([
+                "--data", data, "--batch", "32", "--json", "--engine", engine, "--device", "cpu",
+            ])
+            .output()
+            .unwrap();
+        assert!(eval.status.success(), "{engine}: {}", text(&eval));
+        let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+        let acc = report["top1"].as_f64().unwrap();
+        assert!(
+            (acc - test_acc).abs() <= 1.0 / 512.0,
+            "{engine}: checkpoint eval {acc} vs run {test_acc}"
+        );
+    }
+}

@@ -92,9 +92,10 @@ pub struct OrtRunner {
     eval_binding: IoBinding,
     /// (input name, output name) of each carried value.
     carried: Vec<(String, String)>,
-    params: usize,
     /// The carried values (on the session's device after the first step), bound as inputs of both models.
     values: Vec<DynValue>,
+    /// Graph inputs of the eval model (ORT's session does not list those that have stored defaults).
+    eval_inputs: std::collections::HashSet<String>,
     input: String,
     labels: String,
     lr: String,
@@ -208,13 +209,19 @@ impl OrtRunner {
         eval_binding
             .bind_output_to_device(logits.as_str(), &host_memory)
             .map_err(ort_err)?;
+        let eval_inputs = models
+            .eval
+            .graph
+            .as_ref()
+            .map(|g| g.input.iter().map(|i| i.name().to_owned()).collect())
+            .unwrap_or_default();
         let mut runner = OrtRunner {
+            eval_inputs,
             step,
             eval,
             step_binding,
             eval_binding,
             carried,
-            params: m.params.len(),
             values,
             input: m.input.clone(),
             labels: m.labels.clone(),
@@ -234,13 +241,14 @@ impl OrtRunner {
         Ok(runner)
     }
 
-    /// Binds the carried values as inputs of the step model, and the parameters as inputs of the eval model.
+    /// Binds the carried values as inputs of the step model, and those the eval model takes (parameters and
+    /// BatchNormalization running statistics) as its inputs.
     fn bind_values(&mut self) -> Result<()> {
-        for (k, ((name, _), value)) in self.carried.iter().zip(&self.values).enumerate() {
+        for ((name, _), value) in self.carried.iter().zip(&self.values) {
             self.step_binding
                 .bind_input(name.as_str(), value)
                 .map_err(ort_err)?;
-            if k < self.params {
+            if self.eval_inputs.contains(name) {
                 self.eval_binding
                     .bind_input(name.as_str(), value)
                     .map_err(ort_err)?;
@@ -399,9 +407,11 @@ fn tract_plan(
 
 pub struct TractRunner {
     step: TractPlan,
-    eval: TractPlan,
+    /// The eval model as compiled; tract needs BatchNormalization parameters to be constants, so it is planned
+    /// with the current parameters and running statistics stored in it, again after each training step.
+    eval_model: ModelProto,
+    eval: Option<TractPlan>,
     carried: Vec<(String, String)>,
-    params: usize,
     values: Vec<TValue>,
     input: String,
     labels: String,
@@ -437,14 +447,7 @@ impl TractRunner {
             }
         };
         let step = tract_plan(models.step, &facts).context("the step model")?;
-        // tract turns a graph input with an initializer into a constant, so the eval model's parameters lose
-        // their stored defaults here and become plain inputs.
-        let mut eval = models.eval.clone();
-        if let Some(g) = eval.graph.as_mut() {
-            g.initializer
-                .retain(|t| !m.params.iter().any(|p| p.name == t.name()));
-        }
-        let eval = tract_plan(&eval, &facts).context("the eval model")?;
+        let eval_model = models.eval.clone();
         let values = models
             .start
             .iter()
@@ -452,9 +455,9 @@ impl TractRunner {
             .collect::<TractResult<Vec<_>>>()?;
         Ok(TractRunner {
             step,
-            eval,
+            eval_model,
+            eval: None,
             carried,
-            params: m.params.len(),
             values,
             input: m.input.clone(),
             labels: m.labels.clone(),
@@ -463,6 +466,32 @@ impl TractRunner {
             correct: m.correct.clone(),
             input_shape: models.input_shape,
         })
+    }
+
+    /// The eval model with the current parameters and running statistics as its stored tensors.
+    fn plan_eval(&self) -> Result<TractPlan> {
+        let mut eval = self.eval_model.clone();
+        if let Some(g) = eval.graph.as_mut() {
+            for t in g.initializer.iter_mut() {
+                if let Some(k) = self.carried.iter().position(|(n, _)| n == t.name()) {
+                    let view = self.values[k].to_plain_array_view::<f32>()?;
+                    let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+                    let data: Vec<f32> = view.iter().copied().collect();
+                    *t = rl_passes::tensor::f32_tensor(t.name(), &dims, &data);
+                }
+            }
+        }
+        let batch = self.input_shape[0];
+        let facts = |name: &str| -> Option<InferenceFact> {
+            if name == self.input {
+                Some(f32::fact(&self.input_shape).into())
+            } else if name == self.labels {
+                Some(i64::fact([batch]).into())
+            } else {
+                None
+            }
+        };
+        tract_plan(&eval, &facts).context("the eval model")
     }
 
     fn feed(
@@ -526,13 +555,17 @@ impl Runner for TractRunner {
             next.push(take(name)?);
         }
         self.values = next;
+        self.eval = None;
         Ok((loss, correct))
     }
 
     fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
-        let inputs = self.feed(&self.eval, images, labels, None, self.params)?;
-        let out = self
-            .eval
+        if self.eval.is_none() {
+            self.eval = Some(self.plan_eval()?);
+        }
+        let eval = self.eval.as_ref().expect("planned above");
+        let inputs = self.feed(eval, images, labels, None, self.carried.len())?;
+        let out = eval
             .plan
             .run(inputs)
             .map_err(|e| anyhow!("tract failed to run the eval model: {e:#}"))?;
