@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use rl_passes::io::{load_model, save_model, write_atomically, SaveOptions};
-use rl_passes::training::{compile_train, Optimizer, TrainOptions};
+use rl_passes::training::{compile_train, TrainOptions};
 
 pub struct CompileTrainRequest {
     pub model: PathBuf,
@@ -54,7 +54,7 @@ pub fn compile_train_command(req: &CompileTrainRequest) -> Result<i32> {
         m.params.len(),
         m.state.len(),
         m.batch_size,
-        describe(&m.optimizer)
+        m.optimizer
     );
     println!(
         "inputs: {} [batch], {} [labels], {} [learning rate], then each parameter and state x; outputs: {}, {}, x.next",
@@ -67,25 +67,4 @@ pub fn compile_train_command(req: &CompileTrainRequest) -> Result<i32> {
         println!("wrote {} ({} nodes)", path.display(), count(&compiled.eval));
     }
     Ok(0)
-}
-
-fn describe(o: &Optimizer) -> String {
-    match o {
-        Optimizer::Sgd {
-            momentum,
-            nesterov,
-            weight_decay,
-        } => format!(
-            "SGD (momentum {momentum}{}, weight decay {weight_decay})",
-            if *nesterov { ", Nesterov" } else { "" }
-        ),
-        Optimizer::AdamW {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => {
-            format!("AdamW (β {beta1}/{beta2}, ε {eps:e}, weight decay {weight_decay})")
-        }
-    }
 }

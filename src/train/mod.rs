@@ -143,25 +143,6 @@ fn evaluate(runner: &mut dyn Runner, test: &mut dyn Dataset, batch: usize) -> Re
     Ok((loss / n, correct as f64 / n))
 }
 
-fn describe_optimizer(o: &Optimizer) -> String {
-    match o {
-        Optimizer::Sgd {
-            momentum,
-            nesterov,
-            weight_decay,
-        } => format!(
-            "SGD (momentum {momentum}{}, weight decay {weight_decay})",
-            if *nesterov { ", Nesterov" } else { "" }
-        ),
-        Optimizer::AdamW {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => format!("AdamW (β {beta1}/{beta2}, ε {eps:e}, weight decay {weight_decay})"),
-    }
-}
-
 pub fn train_command(req: &TrainRequest) -> Result<i32> {
     if req.epochs == 0 || req.batch == 0 {
         bail!("--epochs and --batch must be at least 1");
@@ -317,7 +298,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         learnable,
         manifest.params.len(),
         state_values,
-        describe_optimizer(&manifest.optimizer),
+        manifest.optimizer,
         req.batch,
         steps_per_epoch,
         runner.describe()

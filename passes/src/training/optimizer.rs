@@ -273,3 +273,31 @@ pub fn emit_updates(
     }
     states
 }
+
+/// `SGD (momentum 0.9, Nesterov, weight decay 0.0005)`, `AdamW (β 0.9/0.999, ε 1e-8, weight decay 0.01)`.
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => write!(
+                f,
+                "SGD (momentum {momentum}{}, weight decay {weight_decay})",
+                if *nesterov { ", Nesterov" } else { "" }
+            ),
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                write!(
+                    f,
+                    "AdamW (β {beta1}/{beta2}, ε {eps:e}, weight decay {weight_decay})"
+                )
+            }
+        }
+    }
+}
