@@ -116,6 +116,36 @@ pub enum Attr {
     Tensor(Box<TensorProto>),
 }
 
+impl Attr {
+    /// The attribute as a named `AttributeProto`.
+    pub fn into_proto(self, name: &str) -> AttributeProto {
+        let mut p = AttributeProto {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let ty = match self {
+            Attr::Int(i) => {
+                p.i = Some(i);
+                AttributeType::Int
+            }
+            Attr::Ints(v) => {
+                p.ints = v;
+                AttributeType::Ints
+            }
+            Attr::Float(f) => {
+                p.f = Some(f);
+                AttributeType::Float
+            }
+            Attr::Tensor(t) => {
+                p.t = Some(*t);
+                AttributeType::Tensor
+            }
+        };
+        p.r#type = Some(ty as i32);
+        p
+    }
+}
+
 impl<'a> GradCtx<'a> {
     fn new(graph: &'a Graph, types: &'a HashMap<String, TensorType>) -> GradCtx<'a> {
         let mut values = HashMap::new();
@@ -183,35 +213,7 @@ impl<'a> GradCtx<'a> {
         let outputs: Vec<String> = (0..n)
             .map(|k| if k == 0 { name.clone() } else { self.fresh(op) })
             .collect();
-        let attribute = attrs
-            .into_iter()
-            .map(|(n, a)| {
-                let mut p = AttributeProto {
-                    name: Some(n.to_owned()),
-                    ..Default::default()
-                };
-                let ty = match a {
-                    Attr::Int(i) => {
-                        p.i = Some(i);
-                        AttributeType::Int
-                    }
-                    Attr::Ints(v) => {
-                        p.ints = v;
-                        AttributeType::Ints
-                    }
-                    Attr::Float(f) => {
-                        p.f = Some(f);
-                        AttributeType::Float
-                    }
-                    Attr::Tensor(t) => {
-                        p.t = Some(*t);
-                        AttributeType::Tensor
-                    }
-                };
-                p.r#type = Some(ty as i32);
-                p
-            })
-            .collect();
+        let attribute = attrs.into_iter().map(|(n, a)| a.into_proto(n)).collect();
         self.nodes.push(NodeProto {
             op_type: Some(op.to_owned()),
             name: Some(name),

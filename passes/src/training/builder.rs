@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use crate::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_proto::DataType, tensor_shape_proto, type_proto, NodeProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 #[derive(Default)]
@@ -14,10 +14,8 @@ pub struct Builder {
     counter: usize,
 }
 
-pub enum A {
-    Int(i64),
-    Ints(Vec<i64>),
-}
+/// Attributes of emitted nodes: the autodiff's.
+pub use crate::autodiff::Attr as A;
 
 impl Builder {
     pub fn fresh(&mut self, hint: &str) -> String {
@@ -35,27 +33,7 @@ impl Builder {
     ) -> String {
         let name = self.fresh(op);
         let output = out.map(str::to_owned).unwrap_or_else(|| name.clone());
-        let attribute = attrs
-            .into_iter()
-            .map(|(n, a)| {
-                let mut p = AttributeProto {
-                    name: Some(n.to_owned()),
-                    ..Default::default()
-                };
-                let ty = match a {
-                    A::Int(i) => {
-                        p.i = Some(i);
-                        AttributeType::Int
-                    }
-                    A::Ints(v) => {
-                        p.ints = v;
-                        AttributeType::Ints
-                    }
-                };
-                p.r#type = Some(ty as i32);
-                p
-            })
-            .collect();
+        let attribute = attrs.into_iter().map(|(n, a)| a.into_proto(n)).collect();
         self.nodes.push(NodeProto {
             op_type: Some(op.to_owned()),
             name: Some(name),
