@@ -7,32 +7,10 @@ use std::process::Command;
 
 use prost::Message;
 use rl_passes::onnx::{
-    tensor_shape_proto::dimension::Value as Dim, tensor_shape_proto::Dimension, type_proto,
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    tensor_shape_proto::dimension::Value as Dim, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto,
 };
 use rl_passes::tensor::f32_tensor;
-
-fn value(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
-    let dim = dims
-        .into_iter()
-        .map(|d| Dimension {
-            value: Some(d),
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
 
 /// x [N, 8] → 4 residual blocks h = h + Relu(h·W_k) → logits = h·W_out.
 fn residual_mlp() -> ModelProto {
@@ -83,11 +61,11 @@ fn residual_mlp() -> ModelProto {
             name: Some("residual_mlp".into()),
             node: nodes,
             initializer: inits,
-            input: vec![value(
+            input: vec![common::float_value(
                 "x",
                 vec![Dim::DimParam("N".into()), Dim::DimValue(8)],
             )],
-            output: vec![value(
+            output: vec![common::float_value(
                 "logits",
                 vec![Dim::DimParam("N".into()), Dim::DimValue(3)],
             )],

@@ -7,35 +7,12 @@ use std::process::Command;
 
 use prost::Message;
 use rl_passes::onnx::{
-    attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as Dim,
-    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as Dim, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
 };
 use rl_passes::tensor::f32_tensor;
 use rl_rewrite::data::{open, DataSpec, Split};
 use tract_onnx::prelude::tract_ndarray::{Array1, Array2, Axis};
-
-fn value(name: &str, dims: &[Dim]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| Dimension {
-                            value: Some(d.clone()),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
 
 /// Flatten → Gemm(W, b) with W: [10, 784] (transB) and b: [10].
 fn linear_model(w: &Array2<f32>, b: &Array1<f32>) -> ModelProto {
@@ -75,11 +52,11 @@ fn linear_model(w: &Array2<f32>, b: &Array1<f32>) -> ModelProto {
                 f32_tensor("w", &[10, 784], w.as_slice().unwrap()),
                 f32_tensor("b", &[10], b.as_slice().unwrap()),
             ],
-            input: vec![value(
+            input: vec![common::float_value(
                 "image",
-                &[n(), Dim::DimValue(1), Dim::DimValue(28), Dim::DimValue(28)],
+                [n(), Dim::DimValue(1), Dim::DimValue(28), Dim::DimValue(28)],
             )],
-            output: vec![value("logits", &[n(), Dim::DimValue(10)])],
+            output: vec![common::float_value("logits", [n(), Dim::DimValue(10)])],
             ..Default::default()
         }),
         ..Default::default()

@@ -3,14 +3,15 @@
 //!
 //! ONNX Runtime is used when its library is found; under CI (env `CI`) it must be, never skipped.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use prost::Message;
 use rl_passes::onnx::{
-    tensor_shape_proto::dimension::Value as Dim, tensor_shape_proto::Dimension, type_proto,
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    tensor_shape_proto::dimension::Value as Dim, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto,
 };
 use rl_passes::tensor::{f32_tensor, f32_values};
 
@@ -18,27 +19,6 @@ const WIDTH: usize = 16;
 const CLASSES: usize = 4;
 /// 1×4×4 images (16 values, the MLP's width), 4 classes, 1024 images per split.
 const DATA: &str = "synthetic:1024:1x4x4:4:3";
-
-fn value(name: &str, dims: Vec<Dim>) -> ValueInfoProto {
-    let dim = dims
-        .into_iter()
-        .map(|d| Dimension {
-            value: Some(d),
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
 
 /// Deterministic values in about [-scale, scale].
 fn weights(seed: usize, n: usize, scale: f32) -> Vec<f32> {
@@ -102,7 +82,7 @@ fn residual_mlp() -> ModelProto {
             name: Some("residual_mlp".into()),
             node: nodes,
             initializer: inits,
-            input: vec![value(
+            input: vec![common::float_value(
                 "x",
                 vec![
                     Dim::DimParam("N".into()),
@@ -111,7 +91,7 @@ fn residual_mlp() -> ModelProto {
                     Dim::DimValue(4),
                 ],
             )],
-            output: vec![value(
+            output: vec![common::float_value(
                 "logits",
                 vec![Dim::DimParam("N".into()), Dim::DimValue(CLASSES as i64)],
             )],
