@@ -123,6 +123,35 @@ pub fn f32_values(t: &TensorProto) -> Option<Vec<f32>> {
     }
 }
 
+/// A tensor value_info with a static shape.
+pub fn value_info(name: &str, dtype: i32, shape: &[usize]) -> crate::onnx::ValueInfoProto {
+    crate::onnx::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(crate::onnx::TypeProto {
+            value: Some(crate::onnx::type_proto::Value::TensorType(
+                crate::onnx::type_proto::Tensor {
+                    elem_type: Some(dtype),
+                    shape: Some(crate::onnx::TensorShapeProto {
+                        dim: shape
+                            .iter()
+                            .map(|&d| crate::onnx::tensor_shape_proto::Dimension {
+                                value: Some(
+                                    crate::onnx::tensor_shape_proto::dimension::Value::DimValue(
+                                        d as i64,
+                                    ),
+                                ),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Round-to-nearest-even conversion to IEEE half precision.
 fn f32_to_f16(v: f32) -> u16 {
     let bits = v.to_bits();

@@ -12,9 +12,10 @@ use rl_models::{build_custom_resnet_cifar, ZooOptions};
 use rl_passes::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    ValueInfoProto,
 };
 use rl_passes::pipeline::{rewrite, RewriteOptions};
+use rl_passes::tensor::value_info;
 use rl_passes::training::{compile_train, Optimizer, TrainOptions, TrainingModels};
 use tract_onnx::prelude::*;
 
@@ -516,28 +517,6 @@ fn node(op: &str, inputs: &[&str], output: &str, ints: &[(&str, i64)]) -> NodePr
     }
 }
 
-fn vi(name: &str, shape: &[i64]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Double as i32),
-                shape: Some(TensorShapeProto {
-                    dim: shape
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// x [N,3,2,2] → BatchNormalization(momentum 0.8) → GlobalAveragePool → Flatten → Gemm(W [3,3]) → logits.
 fn bn_model() -> ModelProto {
     let mut bn = node(
@@ -574,8 +553,8 @@ fn bn_model() -> ModelProto {
                 f64_tensor("var", &[3], &rng.vec(3, 0.5, 1.5)),
                 f64_tensor("W", &[3, 3], &rng.vec(9, -1.0, 1.0)),
             ],
-            input: vec![vi("x", &[4, 3, 2, 2])],
-            output: vec![vi("logits", &[4, 3])],
+            input: vec![value_info("x", DataType::Double as i32, &[4, 3, 2, 2])],
+            output: vec![value_info("logits", DataType::Double as i32, &[4, 3])],
             ..Default::default()
         }),
         ..Default::default()

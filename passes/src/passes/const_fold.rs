@@ -131,11 +131,8 @@ impl Pass for ConstantFolding {
 mod tests {
     use super::*;
     use crate::analysis::shapes::int_values;
-    use crate::onnx::{
-        tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-        TensorShapeProto, TypeProto, ValueInfoProto,
-    };
-    use crate::tensor::f32_tensor;
+    use crate::onnx::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use crate::tensor::{f32_tensor, value_info};
 
     fn n(op: &str, name: &str, inputs: &[&str], output: &str) -> NodeProto {
         NodeProto {
@@ -143,28 +140,6 @@ mod tests {
             name: Some(name.into()),
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![output.into()],
-            ..Default::default()
-        }
-    }
-
-    fn vi(name: &str, shape: &[i64]) -> ValueInfoProto {
-        ValueInfoProto {
-            name: Some(name.into()),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: Some(DataType::Float as i32),
-                    shape: Some(TensorShapeProto {
-                        dim: shape
-                            .iter()
-                            .map(|&d| tensor_shape_proto::Dimension {
-                                value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
             ..Default::default()
         }
     }
@@ -184,8 +159,8 @@ mod tests {
                     n("Shape", "shape", &["t"], "s"),
                     n("Reshape", "flat", &["t", "s"], "y"),
                 ],
-                input: vec![vi("x", &[2, 3])],
-                output: vec![vi("y", &[2, 3])],
+                input: vec![value_info("x", DataType::Float as i32, &[2, 3])],
+                output: vec![value_info("y", DataType::Float as i32, &[2, 3])],
                 initializer: vec![f32_tensor("w", &[3], &[1.0, 2.0, 3.0])],
                 ..Default::default()
             }),

@@ -2,10 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::onnx::{
-    tensor_proto::DataType, tensor_shape_proto, type_proto, NodeProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use crate::onnx::{tensor_proto::DataType, NodeProto, TensorProto};
 
 #[derive(Default)]
 pub struct Builder {
@@ -72,28 +69,7 @@ impl Builder {
     }
 }
 
-/// A tensor value_info with a static shape.
-pub fn value_info(name: &str, dtype: i32, shape: &[usize]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(dtype),
-                shape: Some(TensorShapeProto {
-                    dim: shape
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
+pub use crate::tensor::value_info;
 
 /// A zero-filled tensor of `dtype` (float32/float64/float16/bfloat16) and static shape.
 pub fn zeros(name: &str, dtype: i32, shape: &[usize]) -> TensorProto {
