@@ -1001,6 +1001,48 @@ fn conv_1d() {
     }
 }
 
+/// The weight gradient's three constructions: sliced im2col (above), the tiling reshape (windows equal to
+/// strides, as in patch embeddings), and the batch/channel-swapped convolution for kernels of many taps.
+#[test]
+fn conv_weight_gradient_paths() {
+    let cases = vec![
+        conv_case(
+            "patches 2x2, exact tiling",
+            &[2, 3, 6, 4],
+            &[4, 3, 2, 2],
+            true,
+            vec![("strides", A::Is(vec![2, 2]))],
+        ),
+        conv_case(
+            "patches 3x2, rows and columns left over",
+            &[1, 2, 8, 5],
+            &[3, 2, 3, 2],
+            false,
+            vec![("strides", A::Is(vec![3, 2]))],
+        ),
+        conv_case(
+            "9x9 kernel (81 taps), stride 1",
+            &[1, 2, 10, 10],
+            &[2, 2, 9, 9],
+            true,
+            vec![("pads", A::Is(vec![1, 0, 0, 1]))],
+        ),
+        conv_case(
+            "3-D ungrouped, stride (1,2,1), pads",
+            &[2, 2, 4, 5, 3],
+            &[3, 2, 2, 3, 2],
+            true,
+            vec![
+                ("strides", A::Is(vec![1, 2, 1])),
+                ("pads", A::Is(vec![0, 1, 1, 1, 0, 0])),
+            ],
+        ),
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check(c, 240 + i as u64);
+    }
+}
+
 #[test]
 fn global_average_pool() {
     for x in [&[2usize, 3, 4, 5][..], &[2, 3, 7]] {

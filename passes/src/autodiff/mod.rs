@@ -196,6 +196,15 @@ impl<'a> GradCtx<'a> {
         }
     }
 
+    /// The op type of the node this context emitted that produces `value` (`None` for forward values).
+    pub fn emitted_op(&self, value: &str) -> Option<&str> {
+        self.nodes
+            .iter()
+            .rev()
+            .find(|n| n.output.iter().any(|o| o == value))
+            .map(|n| n.op_type())
+    }
+
     /// Emits a one-output node and returns its output name.
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         self.op_n(op, inputs, attrs, 1).remove(0)

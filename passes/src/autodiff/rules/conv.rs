@@ -2,9 +2,14 @@
 //!
 //! With `Y[n,m,o] = Σ_{c∈group(m), j} X[n,c,o·s + j·d − pb] · W[m,c',j] + B[m]`:
 //! - dX is the transposed convolution of dY with W (same strides, dilations, pads and group), with
-//!   `output_padding` restoring the input rows the forward windows never reached;
-//! - dW is a convolution of X with dY in which the roles of batch and channel are swapped and strides and
-//!   dilations trade places, grouped by the forward `group`, then sliced to the kernel size;
+//!   `output_padding` restoring the input rows the forward windows never reached; at stride 1 it is written as
+//!   the equivalent Conv of dY with W flipped and its channel axes swapped, which ONNX Runtime runs faster;
+//! - dW (group 1) is one matrix product of dY as [M, N·O] with the patches of X as [C·k, N·O] (im2col built
+//!   from one strided Slice per kernel tap, or a reshape when the windows tile the input). One large GEMM runs
+//!   several times faster in ONNX Runtime than the convolution below, which is why it is the default;
+//! - dW (groups, or kernels of more than 64 taps that do not tile) is a convolution of X with dY in which the
+//!   roles of batch and channel are swapped and strides and dilations trade places, grouped by the forward
+//!   `group`, then sliced to the kernel size;
 //! - dB sums dY over the batch and spatial axes.
 
 use crate::analysis::shapes::{attr_int, window, Window};
@@ -74,6 +79,181 @@ fn conv_window(a: &RuleArgs) -> Result<(Window, usize), String> {
     Ok((win, group))
 }
 
+/// dX at stride 1 as `Conv(dY, W')` with `W'[g·Cg + c, m', j] = W[g·Mg + m', c, k − 1 − j]` (per group: channel
+/// axes swapped, kernel flipped) and pads `(k − 1)·d − pad` on each side; `None` at other strides or when a
+/// pad exceeds the dilated kernel.
+fn input_grad_flipped(
+    ctx: &mut GradCtx,
+    dy: &str,
+    w: &str,
+    ws: &[usize],
+    group: usize,
+    win: &Window,
+) -> Option<String> {
+    let r = ws.len() - 2;
+    let reach: Vec<usize> = (0..r)
+        .map(|i| (win.kernel[i] - 1) * win.dilations[i])
+        .collect();
+    if win.strides.iter().any(|&s| s != 1)
+        || (0..r).any(|i| win.pads_begin[i] > reach[i] || win.pads_end[i] > reach[i])
+    {
+        return None;
+    }
+    let (m, cg) = (ws[0], ws[1]);
+    let mg = m / group;
+    let mut grouped = vec![group, mg, cg];
+    grouped.extend(&ws[2..]);
+    let wg = ctx.reshape(w, &grouped);
+    let mut perm = vec![0i64, 2, 1];
+    perm.extend((3..3 + r as i64).collect::<Vec<_>>());
+    let wt = ctx.op("Transpose", &[&wg], vec![("perm", Attr::Ints(perm))]);
+    let mut swapped = vec![group * cg, mg];
+    swapped.extend(&ws[2..]);
+    let wt = ctx.reshape(&wt, &swapped);
+    // Reversed along every kernel axis by a Gather of the indices k − 1, …, 0 (tract 0.23 mis-infers the shape
+    // of a Slice with negative steps).
+    let mut flipped = wt;
+    for (i, &k) in ws[2..].iter().enumerate() {
+        let reversed: Vec<i64> = (0..k as i64).rev().collect();
+        let idx = ctx.const_i64(&reversed);
+        flipped = ctx.op(
+            "Gather",
+            &[&flipped, &idx],
+            vec![("axis", Attr::Int(2 + i as i64))],
+        );
+    }
+    let mut pads: Vec<i64> = (0..r)
+        .map(|i| (reach[i] - win.pads_begin[i]) as i64)
+        .collect();
+    pads.extend((0..r).map(|i| (reach[i] - win.pads_end[i]) as i64));
+    Some(ctx.op(
+        "Conv",
+        &[dy, &flipped],
+        vec![
+            ("group", Attr::Int(group as i64)),
+            ("kernel_shape", Attr::Ints(ints(&ws[2..]))),
+            ("dilations", Attr::Ints(ints(&win.dilations))),
+            ("pads", Attr::Ints(pads)),
+        ],
+    ))
+}
+
+/// Most kernel taps for which the im2col weight gradient is built from one Slice per tap.
+const MAX_SLICED_TAPS: usize = 64;
+
+/// dW of an ungrouped Conv as one `Gemm(dY[M, N·O], P[C·k, N·O], transB)` with P the patches of X laid out
+/// channel-major (`P[c, j, n, o] = X[n, c, o·s + j·d − pb]`), so that the result is dW's own layout and every copy
+/// building P moves whole rows. `None` when the kernel has too many taps to slice and its windows do not tile
+/// the input.
+fn weight_grad_im2col(
+    ctx: &mut GradCtx,
+    x: &str,
+    dy: &str,
+    xs: &[usize],
+    ws: &[usize],
+    win: &Window,
+) -> Option<String> {
+    let r = xs.len() - 2;
+    let (n, c, m) = (xs[0], xs[1], ws[0]);
+    let taps: usize = win.kernel.iter().product();
+    let cols = n * win.out.iter().product::<usize>();
+    let tiles = (0..r).all(|i| {
+        win.strides[i] == win.kernel[i]
+            && win.dilations[i] == 1
+            && win.pads_begin[i] == 0
+            && win.pads_end[i] == 0
+    });
+    if !tiles && taps > MAX_SLICED_TAPS {
+        return None;
+    }
+    let spatial: Vec<i64> = (2..2 + r as i64).collect();
+    let mut swap: Vec<i64> = vec![1, 0];
+    swap.extend(&spatial);
+    let patches = if tiles {
+        // X [N, C, O1·k1, …] (cropped to whole windows) → [N, C, O1, k1, …] → [C, k…, N, O…].
+        let mut xc = x.to_owned();
+        if (0..r).any(|i| win.out[i] * win.kernel[i] != xs[2 + i]) {
+            let starts = ctx.const_i64(&vec![0; r]);
+            let ends: Vec<i64> = (0..r)
+                .map(|i| (win.out[i] * win.kernel[i]) as i64)
+                .collect();
+            let ends = ctx.const_i64(&ends);
+            let axes = ctx.const_i64(&spatial);
+            xc = ctx.op("Slice", &[&xc, &starts, &ends, &axes], vec![]);
+        }
+        let mut split = vec![n, c];
+        for i in 0..r {
+            split.extend([win.out[i], win.kernel[i]]);
+        }
+        let xr = ctx.reshape(&xc, &split);
+        let mut perm = vec![1i64];
+        perm.extend((0..r as i64).map(|i| 3 + 2 * i));
+        perm.push(0);
+        perm.extend((0..r as i64).map(|i| 2 + 2 * i));
+        ctx.op("Transpose", &[&xr], vec![("perm", Attr::Ints(perm))])
+    } else {
+        // X → [C, N, S…] once, padded only as far as the last window reaches; one strided Slice per tap gives
+        // [C, N, O…], and the taps stacked on a new axis 1 are P.
+        let xt = ctx.op("Transpose", &[x], vec![("perm", Attr::Ints(swap.clone()))]);
+        let mut pads_end = Vec::with_capacity(r);
+        for i in 0..r {
+            let reach =
+                (win.out[i] - 1) * win.strides[i] + (win.kernel[i] - 1) * win.dilations[i] + 1;
+            pads_end.push(reach.saturating_sub(xs[2 + i] + win.pads_begin[i]));
+        }
+        let mut xp = xt;
+        if win.pads_begin.iter().chain(&pads_end).any(|&p| p != 0) {
+            let mut pads = vec![0i64, 0];
+            pads.extend(ints(&win.pads_begin));
+            pads.extend([0, 0]);
+            pads.extend(ints(&pads_end));
+            let pads = ctx.const_i64(&pads);
+            xp = ctx.op("Pad", &[&xp, &pads], vec![]);
+        }
+        let axes: Vec<i64> = (2..2 + r as i64).collect();
+        let axes = ctx.const_i64(&axes);
+        let steps = ctx.const_i64(&ints(&win.strides));
+        let unit_axis = ctx.const_i64(&[1]);
+        let mut pieces = Vec::with_capacity(taps);
+        for t in 0..taps {
+            // Tap t in row-major order over the kernel dimensions, the order of dW's own layout.
+            let mut rest = t;
+            let mut offset = vec![0usize; r];
+            for i in (0..r).rev() {
+                offset[i] = rest % win.kernel[i];
+                rest /= win.kernel[i];
+            }
+            let starts: Vec<i64> = (0..r)
+                .map(|i| (offset[i] * win.dilations[i]) as i64)
+                .collect();
+            let ends: Vec<i64> = (0..r)
+                .map(|i| {
+                    (offset[i] * win.dilations[i] + (win.out[i] - 1) * win.strides[i] + 1) as i64
+                })
+                .collect();
+            let starts = ctx.const_i64(&starts);
+            let ends = ctx.const_i64(&ends);
+            let piece = ctx.op("Slice", &[&xp, &starts, &ends, &axes, &steps], vec![]);
+            pieces.push(if taps == 1 {
+                piece
+            } else {
+                ctx.op("Unsqueeze", &[&piece, &unit_axis], vec![])
+            });
+        }
+        if pieces.len() == 1 {
+            pieces.pop().expect("one tap")
+        } else {
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            ctx.op("Concat", &refs, vec![("axis", Attr::Int(1))])
+        }
+    };
+    let p = ctx.reshape(&patches, &[c * taps, cols]);
+    let dyt = ctx.op("Transpose", &[dy], vec![("perm", Attr::Ints(swap))]);
+    let dym = ctx.reshape(&dyt, &[m, cols]);
+    let g = ctx.op("Gemm", &[&dym, &p], vec![("transB", Attr::Int(1))]);
+    Some(ctx.reshape(&g, ws))
+}
+
 pub fn conv(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let (win, group) = conv_window(a)?;
     let (xs, ws) = (a.in_shape(0)?.to_vec(), a.in_shape(1)?.to_vec());
@@ -82,7 +262,14 @@ pub fn conv(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let cg = c / group;
     let dy = a.dy0()?.to_owned();
     let mut out = vec![None; a.node.input.len()];
-    if a.needs(0) {
+    // tract 0.23 folds a broadcast (Expand, e.g. the gradient of a global pooling) into a following EinSum with
+    // the wrong shape; its Conv and Gemm become EinSums, so such a dY takes the ConvTranspose and batch/channel
+    // swapped paths.
+    let fast = !matches!(ctx.emitted_op(&dy), Some("Expand" | "Tile"));
+    if a.needs(0) && fast {
+        out[0] = input_grad_flipped(ctx, &dy, a.input(1), &ws, group, &win);
+    }
+    if a.needs(0) && out[0].is_none() {
         out[0] = Some(transposed_window(
             ctx,
             &dy,
@@ -92,7 +279,10 @@ pub fn conv(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
             &xs[2..],
         ));
     }
-    if a.needs(1) {
+    if a.needs(1) && group == 1 && fast {
+        out[1] = weight_grad_im2col(ctx, a.input(0), &dy, &xs, &ws, &win);
+    }
+    if a.needs(1) && out[1].is_none() {
         // X [N, C, S…] → [N, g, Cg, S…] → [Cg, g, N, S…] → [Cg, g·N, S…]: batch Cg, g groups of N channels.
         let mut split = vec![n, group, cg];
         split.extend(&xs[2..]);
