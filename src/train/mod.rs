@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod plot;
 pub mod runner;
 pub mod schedule;
 
