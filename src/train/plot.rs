@@ -32,6 +32,16 @@ const MARKER_RADIUS: i32 = 3;
 const LOSS_BOUNDS: (f64, f64) = (0.0, f64::INFINITY);
 const ACCURACY_BOUNDS: (f64, f64) = (0.0, 100.0);
 
+/// "resnet20.onnx — BP" or "resnet20.onnx — every 2": the model's file name and how it is trained
+/// (`every`: [`super::TrainRequest::every`]).
+pub fn curves_title(model: &Path, every: Option<usize>) -> String {
+    let run = every.map_or("BP".to_owned(), |k| format!("every {k}"));
+    format!(
+        "{} — {run}",
+        model.file_name().unwrap_or_default().display()
+    )
+}
+
 /// Writes `path`: train and test loss (left) and train and test top-1 accuracy in percent (right) per epoch.
 pub fn write_curves(path: &Path, title: &str, rows: &[EpochMetrics]) -> Result<()> {
     if rows.is_empty() {
@@ -384,6 +394,13 @@ mod tests {
         assert_eq!(polylines_in(&svg, TEST_COLOR), 4);
         // A marker per epoch on each of the four lines.
         assert_eq!(names.iter().filter(|n| *n == "circle").count(), 4 * 3);
+    }
+
+    #[test]
+    fn title_names_model_file_and_training() {
+        let model = Path::new("models/resnet20.onnx");
+        assert_eq!(curves_title(model, None), "resnet20.onnx — BP");
+        assert_eq!(curves_title(model, Some(2)), "resnet20.onnx — every 2");
     }
 
     #[test]
