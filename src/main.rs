@@ -238,8 +238,8 @@ enum Command {
         detach_neighbours: bool,
     },
     /// Train a classifier: rewritten for Replacement Learning (--every K) or as it is (--bp), on ONNX Runtime
-    /// (or tract), with per-epoch metrics (metrics.csv, metrics.json) and checkpoints (model.onnx, state.onnx)
-    /// in --out.
+    /// (or tract), with per-epoch metrics (metrics.csv, metrics.json, curves.svg) and checkpoints (model.onnx,
+    /// state.onnx) in --out.
     Train {
         /// The classifier (one image input, logits [N, classes] as first output).
         model: PathBuf,

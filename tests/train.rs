@@ -193,6 +193,13 @@ fn learns(engine: &str, mode: &[&str]) {
         "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_time_s,images_per_s,peak_host_mib"
     );
     assert_eq!(lines.count(), 4);
+    let curves = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    let title = if mode.contains(&"--bp") {
+        "mlp.onnx — BP"
+    } else {
+        "mlp.onnx — every 2"
+    };
+    assert!(curves.contains(title), "curves.svg has no title '{title}'");
     // The checkpoint is an inference model that runs.
     let ck = out.join("model.onnx");
     let run = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod plot;
 pub mod runner;
 pub mod schedule;
 
@@ -422,6 +423,8 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         let values = runner.values()?;
         checkpoint::save(&req.out, &forward, &names, &values, &progress)?;
         metrics::write(&req.out, &rows)?;
+        let title = plot::curves_title(&req.model, req.every);
+        plot::write_curves(&req.out.join("curves.svg"), &title, &rows)?;
         epochs_this_run += 1;
         if req.stop_after == Some(epochs_this_run) && progress.epoch < req.epochs {
             println!(
