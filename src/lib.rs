@@ -1,6 +1,7 @@
 //! rl-rewrite: Replacement Learning rewrites for ONNX models — engines, reports and the commands behind the CLI.
 
 pub mod commands;
+pub mod compare;
 pub mod data;
 pub mod engine;
 pub mod evaluate;

@@ -11,7 +11,7 @@ use rl_rewrite::data::{DataSpec, Normalization};
 use rl_rewrite::engine::select::EngineChoice;
 use rl_rewrite::engine::Device;
 use rl_rewrite::execute::EngineOptions;
-use rl_rewrite::{commands, evaluate, execute, train, train_compile};
+use rl_rewrite::{commands, compare, evaluate, execute, train, train_compile};
 
 /// Rewrites an ONNX model for Replacement Learning: every K-th repeated unit (block or layer) is frozen and its
 /// parameters replaced by θ_l = a_l·θ_{l-1} + b_l·θ_{l+1}, with two learnable scalars per frozen unit.
@@ -243,9 +243,6 @@ enum Command {
     Train {
         /// The classifier (one image input, logits [N, classes] as first output).
         model: PathBuf,
-        /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
-        #[arg(long, value_name = "SPEC")]
-        data: DataSpec,
         /// Rewrite first, freezing every K-th unit (block units) of each stage.
         #[arg(
             long,
@@ -257,35 +254,8 @@ enum Command {
         /// Train the model as it is (ordinary end-to-end backpropagation).
         #[arg(long)]
         bp: bool,
-        #[arg(long, value_name = "E", default_value_t = 10)]
-        epochs: usize,
-        /// Images per step (the last partial batch of an epoch is dropped).
-        #[arg(long, value_name = "B", default_value_t = 128)]
-        batch: usize,
-        #[arg(long, value_enum, default_value = "sgd")]
-        optimizer: OptimizerArg,
-        /// Base learning rate.
-        #[arg(long, value_name = "LR", default_value_t = 0.1)]
-        lr: f64,
-        #[arg(long, value_enum, default_value = "cosine")]
-        schedule: train::Schedule,
-        /// Linear warm-up over the first N steps.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        warmup: u64,
-        /// SGD momentum.
-        #[arg(long, value_name = "M", default_value_t = 0.9)]
-        momentum: f64,
-        /// Weight decay [default: 5e-4 for SGD, 0.01 for AdamW]; never applied to a, b, biases or norm parameters.
-        #[arg(long, value_name = "WD")]
-        weight_decay: Option<f64>,
-        /// Training augmentation.
-        #[arg(long, value_enum, default_value = "none")]
-        augment: AugmentArg,
         #[command(flatten)]
-        engine: EngineArgs,
-        /// Seed of shuffling and augmentation.
-        #[arg(long, value_name = "S", default_value_t = 0)]
-        seed: u64,
+        flags: TrainFlags,
         /// Folder for metrics and checkpoints.
         #[arg(long, value_name = "DIR", default_value = "rl-train")]
         out: PathBuf,
@@ -295,6 +265,23 @@ enum Command {
         /// Stop after N epochs of this invocation, checkpointed (to be resumed later).
         #[arg(long, value_name = "N", hide = true)]
         stop_after: Option<usize>,
+    },
+    /// Train the model twice with the same seed and settings, by ordinary backpropagation (BP) and with
+    /// Replacement Learning (--every K), and set the two side by side: a table (learnable parameters,
+    /// optimizer-state bytes, peak memory, time per epoch, best and final test accuracy), compare.json and
+    /// compare.svg in --out, the runs themselves in --out/bp and --out/everyK. Rerunning the same command
+    /// continues unfinished runs from their checkpoints.
+    Compare {
+        /// The classifier (one image input, logits [N, classes] as first output).
+        model: PathBuf,
+        /// The Replacement Learning run freezes every K-th unit (block units) of each stage.
+        #[arg(long, value_name = "K")]
+        every: usize,
+        #[command(flatten)]
+        flags: TrainFlags,
+        /// Folder for the comparison and both runs.
+        #[arg(long, value_name = "DIR", default_value = "rl-compare")]
+        out: PathBuf,
     },
     /// Fold each integration subgraph of a rewritten (trained) model into a stored tensor: a plain inference
     /// model with the original structure (check it with `rl-rewrite check`).
@@ -345,6 +332,88 @@ impl EngineArgs {
             engine: self.engine,
             device: self.device,
             batch,
+        }
+    }
+}
+
+/// Training settings shared by `train` and `compare`.
+#[derive(Args, Clone)]
+struct TrainFlags {
+    /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
+    #[arg(long, value_name = "SPEC")]
+    data: DataSpec,
+    #[arg(long, value_name = "E", default_value_t = 10)]
+    epochs: usize,
+    /// Images per step (the last partial batch of an epoch is dropped).
+    #[arg(long, value_name = "B", default_value_t = 128)]
+    batch: usize,
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimizerArg,
+    /// Base learning rate.
+    #[arg(long, value_name = "LR", default_value_t = 0.1)]
+    lr: f64,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: train::Schedule,
+    /// Linear warm-up over the first N steps.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup: u64,
+    /// SGD momentum.
+    #[arg(long, value_name = "M", default_value_t = 0.9)]
+    momentum: f64,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay [default: 5e-4 for SGD, 0.01 for AdamW]; never applied to a, b, biases or norm
+    /// parameters unless --decay-all.
+    #[arg(long, value_name = "WD")]
+    weight_decay: Option<f64>,
+    /// Apply weight decay to every parameter.
+    #[arg(long)]
+    decay_all: bool,
+    /// Label smoothing ε in [0, 1).
+    #[arg(long, value_name = "E", default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
+    #[arg(long)]
+    detach_neighbours: bool,
+    /// Training augmentation.
+    #[arg(long, value_enum, default_value = "none")]
+    augment: AugmentArg,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Seed of shuffling and augmentation.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
+impl TrainFlags {
+    /// The request to train `model` (rewritten with `every`, or BP) into `out`.
+    fn request(&self, model: PathBuf, every: Option<usize>, out: PathBuf) -> train::TrainRequest {
+        train::TrainRequest {
+            model,
+            data: self.data.clone(),
+            every,
+            epochs: self.epochs,
+            batch: self.batch,
+            optimizer: make_optimizer(
+                self.optimizer,
+                self.momentum,
+                self.nesterov,
+                self.weight_decay,
+            ),
+            label_smoothing: self.label_smoothing,
+            decay_all: self.decay_all,
+            detach_neighbours: self.detach_neighbours,
+            lr: self.lr,
+            schedule: self.schedule,
+            warmup: self.warmup,
+            augment: matches!(self.augment, AugmentArg::CropFlip),
+            engine: self.engine.engine,
+            device: self.engine.device,
+            seed: self.seed,
+            out,
+            resume: None,
+            stop_after: None,
         }
     }
 }
@@ -428,41 +497,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::Train {
             model,
-            data,
             every,
             bp: _,
-            epochs,
-            batch,
-            optimizer,
-            lr,
-            schedule,
-            warmup,
-            momentum,
-            weight_decay,
-            augment,
-            engine,
-            seed,
+            flags,
             out,
             resume,
             stop_after,
-        }) => train::train_command(&train::TrainRequest {
+        }) => {
+            let req = train::TrainRequest {
+                resume,
+                stop_after,
+                ..flags.request(model, every, out)
+            };
+            Ok(train::train_command(&req)?.exit_code())
+        }
+        Some(Command::Compare {
             model,
-            data,
             every,
-            epochs,
-            batch,
-            optimizer: make_optimizer(optimizer, momentum, false, weight_decay),
-            lr,
-            schedule,
-            warmup,
-            augment: matches!(augment, AugmentArg::CropFlip),
-            engine: engine.engine,
-            device: engine.device,
-            seed,
+            flags,
             out,
-            resume,
-            stop_after,
-        }),
+        }) => compare::compare_command(&flags.request(model, Some(every), out)),
         Some(Command::Eval {
             model,
             data,

@@ -83,3 +83,9 @@ pub fn peak_host_mib() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// Resets this process's peak resident set size to its current size (Linux: `5` written to
+/// `/proc/self/clear_refs`), so that a later [`peak_host_mib`] measures from now; false where unsupported.
+pub fn reset_peak_host() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

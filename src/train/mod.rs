@@ -24,6 +24,7 @@ use rl_passes::onnx::{tensor_shape_proto::dimension::Value as Dim, type_proto, M
 use rl_passes::pipeline::{rewrite, RewriteOptions};
 use rl_passes::tensor::f32_values;
 use rl_passes::training::{compile_train, Optimizer, TrainOptions};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::data::{self, check_model_shape, DataSpec, Dataset, Split};
@@ -37,6 +38,79 @@ pub use schedule::Schedule;
 /// Exit code of a run stopped by Ctrl-C (after its checkpoint was written).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// What a training run is and what it reached: the figures `compare` sets side by side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// `None`: BP (the model as it is); `Some(K)`: Replacement Learning with every K-th unit frozen.
+    pub every: Option<usize>,
+    /// Parameter tensors replaced by integration subgraphs.
+    pub tensors_replaced: usize,
+    pub learnable_tensors: usize,
+    pub learnable_values: usize,
+    /// The optimizer's own state (momentum, AdamW moments), BatchNormalization running statistics excluded.
+    pub optimizer_state_values: usize,
+    pub optimizer_state_bytes: usize,
+    pub running_stat_values: usize,
+    /// Engine and execution provider that ran the steps.
+    pub engine: String,
+    /// One row per epoch done (resumed runs included).
+    pub epochs: Vec<EpochMetrics>,
+}
+
+impl RunSummary {
+    pub fn best_test_acc(&self) -> f64 {
+        self.epochs.iter().map(|r| r.test_acc).fold(0.0, f64::max)
+    }
+    pub fn final_test_acc(&self) -> f64 {
+        self.epochs.last().map_or(0.0, |r| r.test_acc)
+    }
+    /// Highest peak resident memory over the epochs, MiB.
+    pub fn peak_host_mib(&self) -> f64 {
+        self.epochs
+            .iter()
+            .map(|r| r.peak_host_mib)
+            .fold(0.0, f64::max)
+    }
+    /// Mean wall time of an epoch's training steps, seconds.
+    pub fn mean_epoch_time_s(&self) -> f64 {
+        let n = self.epochs.len().max(1) as f64;
+        self.epochs.iter().map(|r| r.epoch_time_s).sum::<f64>() / n
+    }
+}
+
+/// How a `train` invocation ended.
+#[derive(Debug)]
+pub enum TrainOutcome {
+    /// All epochs done.
+    Finished(RunSummary),
+    /// Stopped after `--stop-after` epochs, checkpointed.
+    Paused,
+    /// Stopped by Ctrl-C, checkpointed.
+    Interrupted,
+}
+
+impl TrainOutcome {
+    /// The process exit code of this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TrainOutcome::Interrupted => EXIT_INTERRUPTED,
+            _ => 0,
+        }
+    }
+}
+
+/// Names of the BatchNormalization running statistics of `model` (inputs 3 and 4 of each node).
+fn running_stat_names(model: &ModelProto) -> Vec<String> {
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .flat_map(|n| n.input.iter().skip(3).take(2).cloned())
+        .collect()
+}
+
+#[derive(Clone)]
 pub struct TrainRequest {
     pub model: PathBuf,
     pub data: DataSpec,
@@ -45,6 +119,11 @@ pub struct TrainRequest {
     pub epochs: usize,
     pub batch: usize,
     pub optimizer: Optimizer,
+    pub label_smoothing: f64,
+    /// Weight decay on every parameter (a, b, biases and norm parameters included).
+    pub decay_all: bool,
+    /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
+    pub detach_neighbours: bool,
     pub lr: f64,
     pub schedule: Schedule,
     pub warmup: u64,
@@ -144,11 +223,12 @@ fn evaluate(runner: &mut dyn Runner, test: &mut dyn Dataset, batch: usize) -> Re
     Ok((loss / n, correct as f64 / n))
 }
 
-pub fn train_command(req: &TrainRequest) -> Result<i32> {
+pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
     if req.epochs == 0 || req.batch == 0 {
         bail!("--epochs and --batch must be at least 1");
     }
     let loaded = load_model(&req.model)?;
+    let mut tensors_replaced = 0;
     let forward = match req.every {
         Some(every) => {
             let r = rewrite(
@@ -163,6 +243,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
                 "Replacement Learning: every {every}: {} tensors replaced by a·prev + b·next",
                 r.tensors_removed
             );
+            tensors_replaced = r.tensors_removed;
             r.model
         }
         None => loaded.model,
@@ -174,7 +255,9 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         &TrainOptions {
             batch_size: req.batch,
             optimizer: req.optimizer,
-            ..TrainOptions::default()
+            label_smoothing: req.label_smoothing,
+            detach_neighbours: req.detach_neighbours,
+            decay_all: req.decay_all,
         },
     )
     .with_context(|| req.model.display().to_string())?;
@@ -203,6 +286,9 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         "every": req.every,
         "batch": req.batch,
         "optimizer": manifest.optimizer,
+        "label_smoothing": req.label_smoothing,
+        "decay_all": req.decay_all,
+        "detach_neighbours": req.detach_neighbours,
         "lr": req.lr,
         "schedule": req.schedule,
         "warmup": req.warmup,
@@ -284,14 +370,21 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         .iter()
         .map(|p| p.shape.iter().product::<usize>())
         .sum();
-    let state_values: usize = manifest
-        .state
-        .iter()
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum();
+    let running = running_stat_names(&forward);
+    let (mut state_values, mut running_values, mut state_bytes) = (0, 0, 0);
+    for t in &manifest.state {
+        let count = t.shape.iter().product::<usize>();
+        if running.contains(&t.name) {
+            running_values += count;
+        } else {
+            state_values += count;
+            // Every carried tensor is float32 (checked above when the initial values were read).
+            state_bytes += 4 * count;
+        }
+    }
     println!(
         "training {} on {} ({} train / {} test images): {} learnable values in {} tensors, {} optimizer-state \
-         values, {}, batch {}, {} steps per epoch, engine {}",
+         values, {} running statistics, {}, batch {}, {} steps per epoch, engine {}",
         req.model.display(),
         req.data,
         train.len(),
@@ -299,6 +392,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         learnable,
         manifest.params.len(),
         state_values,
+        running_values,
         manifest.optimizer,
         req.batch,
         steps_per_epoch,
@@ -337,7 +431,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
                     s,
                     req.out.display()
                 );
-                return Ok(EXIT_INTERRUPTED);
+                return Ok(TrainOutcome::Interrupted);
             }
             let mut b = train.gather(&order[s * req.batch..(s + 1) * req.batch])?;
             if req.augment {
@@ -431,7 +525,7 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
                 "stopped after {epochs_this_run} epoch(s) as asked; continue with --resume {}",
                 req.out.display()
             );
-            return Ok(0);
+            return Ok(TrainOutcome::Paused);
         }
     }
     let best = rows.iter().map(|r| r.test_acc).fold(0.0, f64::max);
@@ -441,5 +535,15 @@ pub fn train_command(req: &TrainRequest) -> Result<i32> {
         100.0 * best,
         req.out.join("model.onnx").display()
     );
-    Ok(0)
+    Ok(TrainOutcome::Finished(RunSummary {
+        every: req.every,
+        tensors_replaced,
+        learnable_tensors: manifest.params.len(),
+        learnable_values: learnable,
+        optimizer_state_values: state_values,
+        optimizer_state_bytes: state_bytes,
+        running_stat_values: running_values,
+        engine: runner.describe(),
+        epochs: rows,
+    }))
 }
