@@ -4,9 +4,8 @@ The network is written out here in PyTorch with the zoo's tensor names (torchvis
 shortcuts), and its initial weights are loaded from the zoo's ONNX file with strict name and shape checks, so
 both sides start from the same weights. Training matches `rl-rewrite train`: BatchNorm in training mode
 (momentum 0.1), softmax cross-entropy, SGD momentum 0.9, weight decay 5e-4 on conv/fc weights only, batch B.
-Data are the same seeded synthetic images `rl-rewrite train --data synthetic:...` uses? No: random normal
-tensors, generated once before timing, so the figure is the training step alone (the tool's figure includes
-its own data handling, which can only make it slower).
+The data are random normal tensors generated before timing, so the figure is the training step alone (the
+tool's figure includes its own data handling, which can only make it slower).
 
 Usage: bench_torch_train.py MODEL.onnx BATCH STEPS   (prints one JSON line: images/s, ms/step, peak RSS)
 """
@@ -100,7 +99,7 @@ def main():
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     step(0)  # warm-up: oneDNN primitive creation
     t0 = time.perf_counter()

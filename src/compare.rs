@@ -102,6 +102,7 @@ pub fn compare_command(base: &TrainRequest) -> Result<i32> {
             "learnable_values": ratio(rl.learnable_values as f64, bp.learnable_values as f64),
             "optimizer_state_bytes": ratio(rl.optimizer_state_bytes as f64, bp.optimizer_state_bytes as f64),
             "peak_host_mib": ratio(rl.peak_host_mib(), bp.peak_host_mib()),
+            "peak_device_mib": rl.peak_device_mib().zip(bp.peak_device_mib()).and_then(|(r, b)| ratio(r, b)),
             "epoch_time_s": ratio(rl.mean_epoch_time_s(), bp.mean_epoch_time_s()),
         },
         "test_accuracy_points_repl_minus_bp": {
@@ -153,7 +154,7 @@ fn grouped(n: usize) -> String {
 /// a difference in points for accuracies).
 pub fn table(bp: &RunSummary, rl: &RunSummary) -> String {
     let times = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |r| format!("{r:.3}×"));
-    let rows: Vec<[String; 4]> = vec![
+    let mut rows: Vec<[String; 4]> = vec![
         [
             "learnable parameters".into(),
             grouped(bp.learnable_values),
@@ -203,6 +204,22 @@ pub fn table(bp: &RunSummary, rl: &RunSummary) -> String {
             ),
         ],
     ];
+    if bp.peak_device_mib().is_some() || rl.peak_device_mib().is_some() {
+        let mib = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |m| format!("{m:.0} MiB"));
+        let r = match (bp.peak_device_mib(), rl.peak_device_mib()) {
+            (Some(b), Some(r)) => ratio(r, b),
+            _ => None,
+        };
+        rows.insert(
+            3,
+            [
+                "peak device memory".into(),
+                mib(bp.peak_device_mib()),
+                mib(rl.peak_device_mib()),
+                times(r),
+            ],
+        );
+    }
     let header = [
         String::new(),
         label(bp.every),
@@ -256,6 +273,7 @@ mod tests {
             epoch_time_s: time,
             images_per_s: 100.0,
             peak_host_mib: peak,
+            peak_device_mib: None,
         }
     }
 
@@ -303,6 +321,20 @@ mod tests {
         // Columns line up: every row has the same width.
         let widths: Vec<usize> = t.lines().take(7).map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    }
+
+    #[test]
+    fn a_device_memory_row_only_when_a_run_measured_it() {
+        let bp = summary(None, 100, vec![epoch(1, 0.5, 1.0, 10.0)]);
+        let mut rl = summary(Some(2), 80, vec![epoch(1, 0.5, 1.0, 10.0)]);
+        assert!(!table(&bp, &rl).contains("peak device memory"));
+        rl.epochs[0].peak_device_mib = Some(512.0);
+        let t = table(&bp, &rl);
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("peak device memory"))
+            .unwrap();
+        assert!(row.contains("n/a") && row.contains("512 MiB"), "{t}");
     }
 
     #[test]

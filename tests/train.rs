@@ -190,7 +190,7 @@ fn learns(engine: &str, mode: &[&str]) {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_time_s,images_per_s,peak_host_mib"
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_time_s,images_per_s,peak_host_mib,peak_device_mib"
     );
     assert_eq!(lines.count(), 4);
     let curves = std::fs::read_to_string(out.join("curves.svg")).unwrap();

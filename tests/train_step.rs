@@ -288,3 +288,64 @@ fn pytorch_training_mode_export_step_runs_on_ort() {
         }
     }
 }
+
+/// The allocator statistics behind the CUDA device-memory figure of `train`: read here from the CPU arenas of a
+/// training runner (the same ONNX Runtime call as on CUDA, where no GPU is at hand), they grow with the batch.
+#[test]
+fn onnx_runtime_reports_the_peak_memory_of_its_allocators() {
+    use rl_rewrite::train::runner::{HostValue, Models, OrtRunner, Runner};
+    if !common::ort_available() {
+        return;
+    }
+    let model = build_custom_resnet_cifar(3, 4, &OPTS).unwrap();
+    let peak = |batch: usize| -> u64 {
+        let m = compile_train(
+            &model,
+            &TrainOptions {
+                batch_size: batch,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let start: Vec<HostValue> = m
+            .initial
+            .iter()
+            .map(|t| HostValue {
+                shape: t.dims.iter().map(|&d| d as usize).collect(),
+                data: f32_values(t),
+            })
+            .collect();
+        let input_shape = vec![batch, 3, 8, 8];
+        let mut runner = OrtRunner::new(
+            Models {
+                step: &m.step,
+                eval: &m.eval,
+                manifest: &m.manifest,
+                input_shape: input_shape.clone(),
+                start,
+            },
+            rl_rewrite::engine::Device::Cpu,
+        )
+        .unwrap();
+        let images = vec![0.5f32; input_shape.iter().product()];
+        let labels: Vec<i64> = (0..batch as i64).map(|i| i % 3).collect();
+        runner.step(&images, &labels, 0.1).unwrap();
+        // On the host the runner reports no device memory; the arena statistics are there all the same.
+        assert_eq!(runner.device_peak_bytes(), None);
+        let cpu = ort::memory::MemoryInfo::new(
+            ort::memory::AllocationDevice::CPU,
+            0,
+            ort::memory::AllocatorType::Device,
+            ort::memory::MemoryType::Default,
+        )
+        .unwrap();
+        runner.allocator_peak_bytes(&cpu).unwrap()
+    };
+    let (small, large) = (peak(2), peak(32));
+    eprintln!("ORT CPU arena peak: batch 2 {small} bytes, batch 32 {large} bytes");
+    assert!(small > 0, "no bytes in use reported");
+    assert!(
+        large > small,
+        "batch 32 ({large}) should need more than batch 2 ({small})"
+    );
+}

@@ -585,3 +585,39 @@ impl Engine for OrtEngine {
         Ok(result)
     }
 }
+
+/// The statistics ONNX Runtime keeps for the allocator of `session` on `memory` (for the arena allocators:
+/// `InUse`, `MaxInUse`, `TotalAllocated`, `NumAllocs`, … in bytes or counts), as key/value text pairs.
+pub fn allocator_stats(
+    session: &Session,
+    memory: &ort::memory::MemoryInfo<'_>,
+) -> Result<Vec<(String, String)>, String> {
+    use std::ffi::{c_char, CStr};
+    let allocator = ort::memory::Allocator::new(session, memory.to_owned())
+        .map_err(|e| format!("onnxruntime has no allocator for {memory:?}: {e}"))?;
+    let api = ort::api();
+    let text = |p: *const c_char| {
+        // SAFETY: ONNX Runtime hands out NUL-terminated strings that live as long as their owner.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    let mut pairs: *mut ort::sys::OrtKeyValuePairs = std::ptr::null_mut();
+    // SAFETY: the allocator pointer is valid while `allocator` lives; `pairs` receives an owned object.
+    let status = unsafe { (api.AllocatorGetStats)(ort::AsPointer::ptr(&allocator), &mut pairs) };
+    if !status.0.is_null() {
+        // SAFETY: a non-null status is an error we own: read its message, then release it.
+        let message = text(unsafe { (api.GetErrorMessage)(status.0) });
+        unsafe { (api.ReleaseStatus)(status.0) };
+        return Err(format!("onnxruntime allocator statistics: {message}"));
+    }
+    let (mut keys, mut values, mut count) = (std::ptr::null(), std::ptr::null(), 0usize);
+    // SAFETY: `pairs` is the valid object returned above; the arrays it fills are owned by it.
+    unsafe { (api.GetKeyValuePairs)(pairs, &mut keys, &mut values, &mut count) };
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: `count` entries in each array, as reported.
+        out.push(unsafe { (text(*keys.add(i)), text(*values.add(i))) });
+    }
+    // SAFETY: released once, after its strings were copied.
+    unsafe { (api.ReleaseKeyValuePairs)(pairs) };
+    Ok(out)
+}

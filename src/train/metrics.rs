@@ -23,15 +23,18 @@ pub struct EpochMetrics {
     pub images_per_s: f64,
     /// Peak resident memory of the process so far (VmHWM), MiB.
     pub peak_host_mib: f64,
+    /// On CUDA: the most memory ONNX Runtime's device allocators held so far (their `MaxInUse`), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_mib: Option<f64>,
 }
 
 pub const CSV_HEADER: &str =
-    "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_time_s,images_per_s,peak_host_mib";
+    "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_time_s,images_per_s,peak_host_mib,peak_device_mib";
 
 impl EpochMetrics {
     fn csv_row(&self) -> String {
         format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3},{:.1},{:.1}",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3},{:.1},{:.1},{}",
             self.epoch,
             self.train_loss,
             self.train_acc,
@@ -40,7 +43,9 @@ impl EpochMetrics {
             self.lr,
             self.epoch_time_s,
             self.images_per_s,
-            self.peak_host_mib
+            self.peak_host_mib,
+            self.peak_device_mib
+                .map_or_else(String::new, |m| format!("{m:.1}"))
         )
     }
 }

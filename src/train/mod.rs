@@ -71,6 +71,13 @@ impl RunSummary {
             .map(|r| r.peak_host_mib)
             .fold(0.0, f64::max)
     }
+    /// Highest device-memory peak over the epochs (CUDA), MiB.
+    pub fn peak_device_mib(&self) -> Option<f64> {
+        self.epochs
+            .iter()
+            .filter_map(|r| r.peak_device_mib)
+            .reduce(f64::max)
+    }
     /// Mean wall time of an epoch's training steps, seconds.
     pub fn mean_epoch_time_s(&self) -> f64 {
         let n = self.epochs.len().max(1) as f64;
@@ -494,10 +501,13 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
             epoch_time_s: epoch_time,
             images_per_s: images_this_run as f64 / epoch_time.max(1e-9),
             peak_host_mib: metrics::peak_host_mib(),
+            peak_device_mib: runner
+                .device_peak_bytes()
+                .map(|b| b as f64 / (1024.0 * 1024.0)),
         };
         println!(
             "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {:.3e} | {:.2} s, {:.0} img/s, \
-             peak {:.0} MiB",
+             peak {:.0} MiB{}",
             row.epoch,
             req.epochs,
             row.train_loss,
@@ -507,7 +517,9 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
             row.lr,
             row.epoch_time_s,
             row.images_per_s,
-            row.peak_host_mib
+            row.peak_host_mib,
+            row.peak_device_mib
+                .map_or_else(String::new, |m| format!(", device peak {m:.0} MiB"))
         );
         rows.retain(|r| r.epoch <= epoch);
         rows.push(row);

@@ -312,6 +312,7 @@ mod tests {
             epoch_time_s: 1.0,
             images_per_s: 1000.0,
             peak_host_mib: 100.0,
+            peak_device_mib: None,
         }
     }
 

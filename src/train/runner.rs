@@ -40,6 +40,10 @@ pub trait Runner {
     fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>>;
     /// Host copies of the parameters and the optimizer state, in manifest order.
     fn values(&self) -> Result<Vec<HostValue>>;
+    /// Peak bytes the engine has held on the accelerator so far (`None` when it runs on the host).
+    fn device_peak_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Everything a runner needs to know about the models.
@@ -289,9 +293,40 @@ fn to_host(v: &DynValue) -> Result<HostValue> {
     Ok(host(shape, data))
 }
 
+impl OrtRunner {
+    /// The highest `MaxInUse` over the step and eval sessions' allocators on `memory` (the arenas ONNX Runtime
+    /// keeps per session and device).
+    pub fn allocator_peak_bytes(&self, memory: &MemoryInfo<'_>) -> Result<u64> {
+        let mut peak = 0;
+        for session in [&self.step, &self.eval] {
+            let stats =
+                crate::engine::ort::allocator_stats(session, memory).map_err(|e| anyhow!(e))?;
+            let max_in_use = stats
+                .iter()
+                .find(|(k, _)| k == "MaxInUse")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    anyhow!("onnxruntime reports no MaxInUse for {memory:?}: {stats:?}")
+                })?;
+            peak = peak.max(max_in_use);
+        }
+        Ok(peak)
+    }
+}
+
 impl Runner for OrtRunner {
     fn describe(&self) -> String {
         format!("onnxruntime ({})", self.provider)
+    }
+
+    fn device_peak_bytes(&self) -> Option<u64> {
+        if !self.device_memory.is_cpu_accessible() {
+            match self.allocator_peak_bytes(&self.device_memory) {
+                Ok(bytes) => return Some(bytes),
+                Err(e) => eprintln!("warning: device memory not measured: {e:#}"),
+            }
+        }
+        None
     }
 
     fn step(&mut self, images: &[f32], labels: &[i64], lr: f32) -> Result<(f32, i64)> {
