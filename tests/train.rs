@@ -584,3 +584,41 @@ fn compare_trains_both_sides_with_the_same_seed_and_sets_them_side_by_side() {
         serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
     assert_eq!(again["bp"]["epochs"], report["bp"]["epochs"]);
 }
+
+/// A ViT (its patch embedding is a Conv whose bias becomes a step-model input) trains on tract too: tract's
+/// Conv translation adds a node named `{conv}.bias`, which clashed with that input before the runner renamed
+/// nodes for tract.
+#[test]
+fn a_vit_with_a_trained_conv_bias_trains_on_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("vit.onnx");
+    let opts = rl_models::ZooOptions {
+        classes: 4,
+        image_size: 8,
+        channels: 1,
+        seed: 1,
+    };
+    let vit = rl_models::build_custom_vit(4, 8, 2, 16, 4, &opts).unwrap();
+    std::fs::write(&model, vit.encode_to_vec()).unwrap();
+    let out = dir.path().join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .arg("train")
+        .arg(&model)
+        .args([
+            "--every",
+            "2",
+            "--data",
+            "synthetic:64:1x8x8:4:3",
+            "--batch",
+            "16",
+        ])
+        .args(["--epochs", "1", "--optimizer", "adamw", "--lr", "0.001"])
+        .args(["--engine", "tract", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0]["train_loss"].as_f64().unwrap().is_finite());
+}
