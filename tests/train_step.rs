@@ -139,15 +139,8 @@ fn run_ort(
 ) -> HashMap<String, Vec<f64>> {
     use ort::session::{Session, SessionInputValue};
     use ort::value::TensorRef;
-    static ENV: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
-    let env = ENV.get_or_init(|| {
-        let library = rl_rewrite::engine::ort::find_library().unwrap();
-        ort::init_from(&library)
-            .unwrap()
-            .with_name("train-step-test")
-            .build()
-            .unwrap()
-    });
+    // One ONNX Runtime environment per process: the engine's, which the runner tests use too.
+    let env = rl_rewrite::engine::ort::environment().unwrap();
     let mut session = Session::builder(env)
         .unwrap()
         .commit_from_memory(&step.encode_to_vec())
