@@ -105,7 +105,8 @@ fn captured_names(g: &GraphProto, out: &mut Vec<String>) {
     }
 }
 
-fn implicit_inputs(node: &NodeProto) -> Vec<String> {
+/// Names a node's subgraph attributes read from the enclosing scope, sorted and deduplicated.
+pub(crate) fn implicit_inputs(node: &NodeProto) -> Vec<String> {
     let mut out = Vec::new();
     for a in &node.attribute {
         for sg in a.g.iter().map(|b| b.as_ref()).chain(&a.graphs) {

@@ -1497,6 +1497,47 @@ fn dropout_training_mode_computed_and_mask_required() {
 }
 
 #[test]
+fn training_batch_norm_refuses_gradients_through_its_running_statistics() {
+    // The rule differentiates Y only; a loss reading the updated running mean would lose that path.
+    let c = [2usize];
+    let forward = GraphProto {
+        node: vec![
+            node(
+                "BatchNormalization",
+                &["x", "scale", "bias", "mean", "var"],
+                &["y", "running_mean", "running_var"],
+                vec![("training_mode", A::I(1))],
+            ),
+            node("ReduceSum", &["y"], &["sy"], vec![("keepdims", A::I(0))]),
+            node(
+                "ReduceSum",
+                &["running_mean"],
+                &["sm"],
+                vec![("keepdims", A::I(0))],
+            ),
+            node("Add", &["sy", "sm"], &["loss"], vec![]),
+        ],
+        initializer: vec![
+            f64_init("scale", &c, &[1.0, 2.0]),
+            f64_init("bias", &c, &[0.0, 0.5]),
+            f64_init("mean", &c, &[0.0, 0.0]),
+            f64_init("var", &c, &[1.0, 1.0]),
+        ],
+        input: vec![value_info("x", DataType::Double, &[3, 2])],
+        output: vec![value_info("loss", DataType::Double, &[])],
+        ..Default::default()
+    };
+    let mut g = Graph::lift(model(forward)).unwrap();
+    let types = infer_shapes(&g, &[("x".to_owned(), vec![3, 2])]).unwrap();
+    let err = differentiate(&mut g, "loss", &["x".to_owned()], &types).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "node 'fwd/BatchNormalization/y' (BatchNormalization): BatchNormalization: gradients through the \
+         running-statistics outputs are not supported"
+    );
+}
+
+#[test]
 fn small_cnn_with_training_batch_norm() {
     // Conv → BatchNormalization (training) → Relu → MaxPool 3x3 s2 p1 → depthwise Conv s2 → Conv 1x1 →
     // GlobalAveragePool → Flatten → Gemm: every parameter and the input checked at once.

@@ -639,6 +639,64 @@ fn batchnorm_running_statistics_are_state_updated_with_momentum() {
     eprintln!("BN model: {n} entries, worst relative error {worst:e}");
 }
 
+/// Value shapes of a step model, by the crate's static shape analysis.
+fn value_shapes(m: &ModelProto) -> HashMap<String, Vec<usize>> {
+    let inputs: Vec<_> = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .input
+        .iter()
+        .map(|i| (i.name().to_owned(), dims(i).1))
+        .collect();
+    let g = rl_passes::ir::Graph::lift(m.clone()).unwrap();
+    rl_passes::analysis::shapes::infer_shapes(&g, &inputs)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.shape))
+        .collect()
+}
+
+/// The BatchNormalization rule's backward recomputes the batch statistics and x̂ from x with the ops that
+/// the forward lowering emits; the step model computes them once. Elementwise ops on full-size tensors:
+/// the forward's Sub(x, mean), Mul(d, d), Mul(d, inv), Mul(x̂, γ) and Add(β); the GlobalAveragePool
+/// gradient's Expand; the backward's Mul(dY, x̂) for dγ and four for dX (differentiating the
+/// decomposition op by op took seventeen).
+#[test]
+fn batchnorm_step_shares_its_statistics_between_forward_and_backward() {
+    let mut model = bn_model();
+    let g = model.graph.as_mut().unwrap();
+    g.node[0].input[0] = "xc".into();
+    g.node.insert(0, node("Conv", &["x", "K"], "xc", &[]));
+    let mut rng = Rng(9);
+    g.initializer
+        .push(f64_tensor("K", &[3, 3, 1, 1], &rng.vec(9, -1.0, 1.0)));
+    let m = compile_train(&model, &sgd_plain(4, false)).unwrap();
+    let step = m.step.graph.as_ref().unwrap();
+    let count = |op: &str| step.node.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!(count("Sqrt"), 1);
+    let reads_xc: Vec<&str> = step
+        .node
+        .iter()
+        .filter(|n| n.input.iter().any(|i| i == "xc"))
+        .map(|n| n.op_type())
+        .collect();
+    assert_eq!(reads_xc, ["ReduceSum", "Sub"]);
+    let shapes = value_shapes(&m.step);
+    let full: Vec<&str> = step
+        .node
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op_type(),
+                "Add" | "Sub" | "Mul" | "Div" | "Neg" | "Expand" | "Where"
+            ) && shapes[&n.output[0]] == [4, 3, 2, 2]
+        })
+        .map(|n| n.op_type())
+        .collect();
+    assert_eq!(full.len(), 11, "{full:?}");
+}
+
 #[test]
 fn eval_model_keeps_inference_batchnorm_with_running_statistics_as_inputs() {
     let m = compile_train(&bn_model(), &sgd_plain(4, false)).unwrap();

@@ -1,14 +1,19 @@
-//! BatchNormalization in the step model: each node becomes its training-mode definition in elementary standard
-//! ops (batch statistics over N and the spatial axes, biased variance, as in the ONNX reference), and its running
-//! statistics become state updated with the node's momentum (default 0.9), following the ONNX definition
+//! BatchNormalization in the step model: each node computes its training-mode definition (batch statistics
+//! over N and the spatial axes, biased variance, as in the ONNX reference), and its running statistics become
+//! state updated with the node's momentum (default 0.9), following the ONNX definition
 //! `running = running · momentum + batch · (1 − momentum)`.
 //!
-//! Why elementary ops rather than `BatchNormalization(training_mode=1)`: tract (an inference engine) runs
-//! BatchNormalization with the given statistics whatever `training_mode` says, and only with constant scale and
-//! bias, which are inputs in the step model. The decomposition computes the same function on every engine, and
-//! its gradient comes from the elementwise and reduction rules. The variance is computed as `(Σ d² + n·ε) / n`:
-//! tract fuses `Mul(d, d) → ReduceSum → Div(n)` into a mean-of-squares reducer that computes in float32 even
-//! for float64 tensors.
+//! Two stages around differentiation. Before it, [`batchnorm_training_mode`] sets `training_mode = 1`, so that
+//! the autodiff's BatchNormalization rule emits the compact backward (five full-size ops and two reductions per
+//! node; differentiating the elementary decomposition op by op gives over three times as many, much of the cost
+//! of a step of a BatchNorm network on ONNX Runtime). After it, [`lower_batchnorm_training`] replaces each
+//! node by its definition in elementary standard ops: tract (an inference engine) runs BatchNormalization with
+//! the given statistics whatever `training_mode` says, and only with constant scale and bias, which are inputs
+//! in the step model. The lowering emits the very ops (and constants) by which the rule recomputes x̂ and
+//! 1/σ from x, so common-subexpression elimination leaves one copy, shared by the forward and the backward.
+//!
+//! The variance is computed as `(Σ d² + n·ε) / n`: tract fuses `Mul(d, d) → ReduceSum → Div(n)` into a
+//! mean-of-squares reducer that computes in float32 even for float64 tensors.
 
 use std::collections::HashMap;
 
@@ -37,11 +42,11 @@ pub fn bn_tensors(g: &Graph) -> (Vec<String>, Vec<String>) {
     (stats, params)
 }
 
-/// Replaces every BatchNormalization of `g` by its training-mode definition and emits the running-statistics
-/// updates, written to `stat.next`. Returns the running statistics in node order (mean, var of each node).
-pub fn batchnorm_training(
+/// Checks that every BatchNormalization of `g` can run in training mode in the step model and sets its
+/// `training_mode` to 1, for differentiation. Returns the running statistics in node order (mean, var of each
+/// node). [`lower_batchnorm_training`] replaces the nodes afterwards.
+pub fn batchnorm_training_mode(
     g: &mut Graph,
-    b: &mut Builder,
     types: &HashMap<String, TensorType>,
 ) -> Result<Vec<RunningStat>, TrainError> {
     let targets: Vec<_> = g
@@ -51,7 +56,7 @@ pub fn batchnorm_training(
         .collect();
     let mut stats: Vec<RunningStat> = Vec::new();
     for i in targets {
-        let n = g.dag[i].clone();
+        let n = &g.dag[i];
         let label = n.name().to_owned();
         if n.input.len() != 5 || n.input.iter().any(String::is_empty) {
             return Err(TrainError::Unsupported(format!(
@@ -74,35 +79,64 @@ pub fn batchnorm_training(
                     "node '{label}': the running statistic '{s}' is shared with another BatchNormalization"
                 )));
             }
+            let ty = types.get(s.as_str()).cloned().ok_or_else(|| {
+                TrainError::Unsupported(format!("node '{label}': '{s}' has no type"))
+            })?;
+            stats.push(RunningStat {
+                name: s.clone(),
+                ty,
+            });
         }
         let x = n.input[0].as_str();
         let xt = types.get(x).ok_or_else(|| {
             TrainError::Unsupported(format!("node '{label}': input '{x}' has no type"))
         })?;
-        let (dtype, shape) = (xt.dtype, xt.shape.clone());
-        if shape.len() < 2 {
+        if xt.shape.len() < 2 {
             return Err(TrainError::Unsupported(format!(
                 "node '{label}': BatchNormalization input of rank {} (needs [N, C, ...])",
-                shape.len()
+                xt.shape.len()
             )));
         }
+        let n = &mut g.dag[i];
+        n.attribute.retain(|a| a.name() != "training_mode");
+        n.attribute.push(A::Int(1).into_proto("training_mode"));
+    }
+    Ok(stats)
+}
+
+/// Replaces every BatchNormalization of `g` (checked by [`batchnorm_training_mode`]) by its training-mode
+/// definition and emits the running-statistics updates, written to `stat.next`. Call after differentiation:
+/// the nodes and constants go to `b`, the BatchNormalization nodes leave `g` at once.
+pub fn lower_batchnorm_training(
+    g: &mut Graph,
+    b: &mut Builder,
+    types: &HashMap<String, TensorType>,
+) -> Result<(), TrainError> {
+    let targets: Vec<_> = g
+        .dag
+        .node_indices()
+        .filter(|&i| g.dag[i].op_type() == "BatchNormalization")
+        .collect();
+    for i in targets {
+        let n = g.dag[i].clone();
+        let x = n.input[0].as_str();
+        let xt = types.get(x).ok_or_else(|| {
+            TrainError::Unsupported(format!("node '{}': input '{x}' has no type", n.name()))
+        })?;
+        let (dtype, shape) = (xt.dtype, xt.shape.clone());
         let eps = attr_float(&n, "epsilon").unwrap_or(1e-5) as f64;
         let momentum = attr_float(&n, "momentum").unwrap_or(0.9) as f64;
         let c = shape[1];
         let axes: Vec<i64> = std::iter::once(0).chain(2..shape.len() as i64).collect();
         let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
-        let mut cs = vec![c];
+        let mut cs = vec![c as i64];
         cs.extend(vec![1; shape.len() - 2]);
-        let cs_i: Vec<i64> = cs.iter().map(|&d| d as i64).collect();
-        let cs_name = b.const_i64(&[cs.len()], &cs_i);
-        let axes_name = b.const_i64(&[axes.len()], &axes);
-        let flat = b.const_i64(&[1], &[c as i64]);
-        let nn = b.scalar(dtype, count as f64);
-        let neps = b.scalar(dtype, count as f64 * eps);
 
-        let s = b.op("Reshape", &[&n.input[1], &cs_name], vec![]);
-        let bias = b.op("Reshape", &[&n.input[2], &cs_name], vec![]);
+        // x̂ and inv = 1/√(var + ε) exactly as `autodiff::rules::norm::normalize` emits them (see the module
+        // docs).
+        let axes_name = b.const_i64(&[axes.len()], &axes);
         let sum = b.op("ReduceSum", &[x, &axes_name], vec![("keepdims", A::Int(1))]);
+        let nn = b.scalar(dtype, count as f64);
         let mean = b.op("Div", &[&sum, &nn], vec![]);
         let d = b.op("Sub", &[x, &mean], vec![]);
         let sq = b.op("Mul", &[&d, &d], vec![]);
@@ -111,17 +145,24 @@ pub fn batchnorm_training(
             &[&sq, &axes_name],
             vec![("keepdims", A::Int(1))],
         );
+        let neps = b.scalar(dtype, count as f64 * eps);
         let sse = b.op("Add", &[&ss, &neps], vec![]);
         let ve = b.op("Div", &[&sse, &nn], vec![]);
         let sd = b.op("Sqrt", &[&ve], vec![]);
-        let xh = b.op("Div", &[&d, &sd], vec![]);
-        let xs = b.op("Mul", &[&xh, &s], vec![]);
-        b.op_to("Add", &[&xs, &bias], vec![], Some(&n.output[0]));
+        let one = b.scalar(dtype, 1.0);
+        let inv = b.op("Div", &[&one, &sd], vec![]);
+        let xh = b.op("Mul", &[&d, &inv], vec![]);
+        let cs_name = b.const_i64(&[cs.len()], &cs);
+        let s = b.op("Reshape", &[&n.input[1], &cs_name], vec![]);
+        let bias = b.op("Reshape", &[&n.input[2], &cs_name], vec![]);
+        let scaled = b.op("Mul", &[&xh, &s], vec![]);
+        b.op_to("Add", &[&scaled, &bias], vec![], Some(&n.output[0]));
 
         // Running statistics (not on the loss's path: no gradient flows through them).
         let var = b.op("Div", &[&ss, &nn], vec![]);
         let keep = b.scalar(dtype, momentum);
         let take = b.scalar(dtype, 1.0 - momentum);
+        let flat = b.const_i64(&[1], &[c as i64]);
         for (k, (stat, batch)) in [(&n.input[3], mean), (&n.input[4], var)]
             .into_iter()
             .enumerate()
@@ -134,17 +175,10 @@ pub fn batchnorm_training(
             if let Some(o) = n.output.get(k + 1).filter(|o| !o.is_empty()) {
                 b.op_to("Identity", &[&next], vec![], Some(o));
             }
-            let ty = types.get(stat.as_str()).cloned().ok_or_else(|| {
-                TrainError::Unsupported(format!("node '{label}': '{stat}' has no type"))
-            })?;
-            stats.push(RunningStat {
-                name: stat.clone(),
-                ty,
-            });
         }
         g.remove_node(i);
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// The eval model's BatchNormalization and Dropout run in inference mode: `training_mode` removed, only the

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::batchnorm::{batchnorm_training, bn_tensors, dropout_training, inference_mode};
+use super::batchnorm::{
+    batchnorm_training_mode, bn_tensors, dropout_training, inference_mode, lower_batchnorm_training,
+};
 use super::builder::{value_info, zeros, Builder};
 use super::loss::softmax_cross_entropy;
 use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
@@ -16,7 +18,7 @@ use crate::onnx::{
     StringStringEntryProto, TensorProto,
 };
 use crate::pass::{run_pipeline, Pass, PassError};
-use crate::passes::{ConstantFolding, DeadCodeElimination};
+use crate::passes::{CommonSubexpressionElimination, ConstantFolding, DeadCodeElimination};
 use crate::plan::{Plan, PLAN_KEY};
 use crate::tensor::dtype_name;
 
@@ -312,8 +314,11 @@ fn cleanup(g: &mut Graph) -> Result<(), TrainError> {
     let mut fold = ConstantFolding {
         inputs: input_shapes(g),
     };
+    // Shares what several emitters compute alike, such as BatchNormalization's statistics in the forward and
+    // backward.
+    let mut cse = CommonSubexpressionElimination;
     let mut dce = DeadCodeElimination;
-    let passes: &mut [&mut dyn Pass] = &mut [&mut fold, &mut dce];
+    let passes: &mut [&mut dyn Pass] = &mut [&mut fold, &mut cse, &mut dce];
     run_pipeline(g, passes)?;
     Ok(())
 }
@@ -391,8 +396,8 @@ pub fn compile_train(
 
     // BatchNormalization in training mode; running statistics become state.
     dropout_training(&mut g, DROPOUT_TRAINING)?;
+    let running = batchnorm_training_mode(&mut g, &types)?;
     let mut b = Builder::default();
-    let running = batchnorm_training(&mut g, &mut b, &types)?;
 
     let mut taken = HashSet::new();
     for r in &running {
@@ -457,6 +462,8 @@ pub fn compile_train(
     let all_types = infer_shapes(&g, &shapes)?;
     let wrt: Vec<String> = params.iter().map(|(p, ..)| p.clone()).collect();
     let grads = differentiate_with(&mut g, LOSS, &wrt, &all_types, &DiffOptions { stop })?;
+    // Differentiated by their rule, the BatchNormalizations now become elementary ops that tract runs.
+    lower_batchnorm_training(&mut g, &mut b, &types)?;
 
     // Optimizer.
     let updates: Vec<ParamUpdate> = params

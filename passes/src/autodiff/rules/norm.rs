@@ -15,7 +15,9 @@ fn mean(ctx: &mut GradCtx, x: &str, shape: &[usize], axes: &[usize], dtype: i32)
     ctx.op("Div", &[&s, &k], vec![])
 }
 
-/// The normalized input and 1/√(var + ε) over `axes` (kept), recomputed from `x`: (x̂, inv).
+/// The normalized input and 1/√(var + ε) over `axes` (kept), recomputed from `x`: (x̂, inv). The step
+/// model's lowering of training-mode BatchNormalization (`training::batchnorm`) emits these very ops, so that
+/// common-subexpression elimination shares them between its forward and the backward.
 fn normalize(
     ctx: &mut GradCtx,
     x: &str,
@@ -63,6 +65,15 @@ fn normalized_input_grad(
     ctx.op("Mul", &[&b, inv], vec![])
 }
 
+/// For X [N, C, …]: C, the per-channel broadcast shape [C, 1, …] and the reduced axes (N and the spatial ones).
+fn channel_axes(shape: &[usize]) -> (usize, Vec<usize>, Vec<usize>) {
+    let c = shape[1];
+    let mut cshape = vec![c];
+    cshape.extend(vec![1; shape.len() - 2]);
+    let axes = std::iter::once(0).chain(2..shape.len()).collect();
+    (c, cshape, axes)
+}
+
 /// BatchNormalization over X [N, C, …] with per-channel scale, bias, mean and var. Training mode
 /// (`training_mode = 1`) normalizes by the batch statistics over N and the spatial axes; the running
 /// statistics outputs are not differentiated and the input mean/var get no gradient. Inference mode uses
@@ -78,36 +89,26 @@ pub fn batch_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
             return Err("mixed input/parameter float types are not supported".into());
         }
     }
+    if attr_int(a.node, "training_mode").unwrap_or(0) != 0 {
+        return batch_normalization_training(ctx, a);
+    }
     let eps = attr_float(a.node, "epsilon").unwrap_or(1e-5) as f64;
-    let training = attr_int(a.node, "training_mode").unwrap_or(0) != 0;
-    let c = shape[1];
-    let mut cshape = vec![c];
-    cshape.extend(vec![1; shape.len() - 2]);
-    let axes: Vec<usize> = std::iter::once(0).chain(2..shape.len()).collect();
+    let (c, cshape, axes) = channel_axes(&shape);
     let dy = a.dy0()?.to_owned();
     let scale = ctx.reshape(a.input(1), &cshape);
     let mut out = vec![None; a.node.input.len()];
-    let (xhat, inv) = if training {
-        normalize(ctx, a.input(0), &shape, &axes, dtype, eps)
-    } else {
-        let m = ctx.reshape(a.input(3), &cshape);
-        let v = ctx.reshape(a.input(4), &cshape);
-        let e = ctx.scalar(dtype, eps);
-        let ve = ctx.op("Add", &[&v, &e], vec![]);
-        let sd = ctx.op("Sqrt", &[&ve], vec![]);
-        let one = ctx.scalar(dtype, 1.0);
-        let inv = ctx.op("Div", &[&one, &sd], vec![]);
-        let d = ctx.op("Sub", &[a.input(0), &m], vec![]);
-        let xhat = ctx.op("Mul", &[&d, &inv], vec![]);
-        (xhat, inv)
-    };
+    let m = ctx.reshape(a.input(3), &cshape);
+    let v = ctx.reshape(a.input(4), &cshape);
+    let e = ctx.scalar(dtype, eps);
+    let ve = ctx.op("Add", &[&v, &e], vec![]);
+    let sd = ctx.op("Sqrt", &[&ve], vec![]);
+    let one = ctx.scalar(dtype, 1.0);
+    let inv = ctx.op("Div", &[&one, &sd], vec![]);
+    let d = ctx.op("Sub", &[a.input(0), &m], vec![]);
+    let xhat = ctx.op("Mul", &[&d, &inv], vec![]);
     let dxhat = ctx.op("Mul", &[&dy, &scale], vec![]);
     if a.needs(0) {
-        out[0] = Some(if training {
-            normalized_input_grad(ctx, &dxhat, &xhat, &inv, &shape, &axes, dtype)
-        } else {
-            ctx.op("Mul", &[&dxhat, &inv], vec![])
-        });
+        out[0] = Some(ctx.op("Mul", &[&dxhat, &inv], vec![]));
     }
     if a.needs(1) {
         let p = ctx.op("Mul", &[&dy, &xhat], vec![]);
@@ -116,7 +117,7 @@ pub fn batch_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     if a.needs(2) {
         out[2] = Some(ctx.reduce_sum(&dy, &axes, false));
     }
-    if !training && (a.needs(3) || a.needs(4)) {
+    if a.needs(3) || a.needs(4) {
         // dmean = −Σ dx̂·inv; dvar = Σ dx̂·x̂ · (−½)·inv²
         let g = ctx.op("Mul", &[&dxhat, &inv], vec![]);
         if a.needs(3) {
@@ -131,6 +132,48 @@ pub fn batch_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
             let r = ctx.op("Mul", &[&q, &h], vec![]);
             out[4] = Some(ctx.reshape(&r, &[c]));
         }
+    }
+    Ok(out)
+}
+
+/// The training-mode gradients, dX = γ·inv·(dY − mean(dY) − x̂·mean(dY·x̂)), dγ = Σ dY·x̂, dβ = Σ dY.
+/// This is the textbook dX = inv·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dY·γ: γ is constant over
+/// the reduced axes, so dX reuses the two sums dγ and dβ take (five full-size ops and two full-size
+/// reductions in all, beside x̂ that the forward computes too).
+fn batch_normalization_training(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    if a.dy.iter().skip(1).any(Option::is_some) {
+        return Err("gradients through the running-statistics outputs are not supported".into());
+    }
+    let t = a.in_type(0)?;
+    let (shape, dtype) = (&t.shape, t.dtype);
+    let eps = attr_float(a.node, "epsilon").unwrap_or(1e-5) as f64;
+    let (c, cshape, axes) = channel_axes(shape);
+    let axes = &axes;
+    let dy = a.dy0()?;
+    let mut out = vec![None; a.node.input.len()];
+    let (xhat, inv) = normalize(ctx, a.input(0), shape, axes, dtype, eps);
+    let sum_dy = (a.needs(0) || a.needs(2)).then(|| ctx.reduce_sum(dy, axes, true));
+    let sum_dy_xhat = (a.needs(0) || a.needs(1)).then(|| {
+        let p = ctx.op("Mul", &[dy, &xhat], vec![]);
+        ctx.reduce_sum(&p, axes, true)
+    });
+    if let (true, Some(s), Some(sx)) = (a.needs(0), &sum_dy, &sum_dy_xhat) {
+        let count: usize = axes.iter().map(|&k| shape[k]).product();
+        let n = ctx.scalar(dtype, count as f64);
+        let mean_dy = ctx.op("Div", &[s, &n], vec![]);
+        let mean_dy_xhat = ctx.op("Div", &[sx, &n], vec![]);
+        let along_xhat = ctx.op("Mul", &[&xhat, &mean_dy_xhat], vec![]);
+        let centred = ctx.op("Sub", &[dy, &mean_dy], vec![]);
+        let projected = ctx.op("Sub", &[&centred, &along_xhat], vec![]);
+        let scale = ctx.reshape(a.input(1), &cshape);
+        let gain = ctx.op("Mul", &[&scale, &inv], vec![]);
+        out[0] = Some(ctx.op("Mul", &[&projected, &gain], vec![]));
+    }
+    if let (true, Some(sx)) = (a.needs(1), &sum_dy_xhat) {
+        out[1] = Some(ctx.reshape(sx, &[c]));
+    }
+    if let (true, Some(s)) = (a.needs(2), &sum_dy) {
+        out[2] = Some(ctx.reshape(s, &[c]));
     }
     Ok(out)
 }
