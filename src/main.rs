@@ -215,27 +215,8 @@ enum Command {
         /// The fixed batch size of both models.
         #[arg(long, value_name = "N", default_value_t = 128)]
         batch: usize,
-        #[arg(long, value_enum, default_value = "sgd")]
-        optimizer: OptimizerArg,
-        /// SGD momentum.
-        #[arg(long, value_name = "M", default_value_t = 0.9)]
-        momentum: f64,
-        /// Nesterov momentum (SGD).
-        #[arg(long)]
-        nesterov: bool,
-        /// Weight decay [default: 5e-4 for SGD, 0.01 for AdamW]; never applied to a, b, biases or norm
-        /// parameters unless --decay-all.
-        #[arg(long, value_name = "WD")]
-        weight_decay: Option<f64>,
-        /// Apply weight decay to every parameter.
-        #[arg(long)]
-        decay_all: bool,
-        /// Label smoothing ε in [0, 1).
-        #[arg(long, value_name = "E", default_value_t = 0.0)]
-        label_smoothing: f64,
-        /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
-        #[arg(long)]
-        detach_neighbours: bool,
+        #[command(flatten)]
+        compiler: CompilerFlags,
     },
     /// Train a classifier: rewritten for Replacement Learning (--every K) or as it is (--bp), on ONNX Runtime
     /// (or tract), with per-epoch metrics (metrics.csv, metrics.json, curves.svg) and checkpoints (model.onnx,
@@ -336,27 +317,12 @@ impl EngineArgs {
     }
 }
 
-/// Training settings shared by `train` and `compare`.
+/// How the training step is compiled: optimizer, regularization, gradient routing (`compile-train`, `train`,
+/// `compare`).
 #[derive(Args, Clone)]
-struct TrainFlags {
-    /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
-    #[arg(long, value_name = "SPEC")]
-    data: DataSpec,
-    #[arg(long, value_name = "E", default_value_t = 10)]
-    epochs: usize,
-    /// Images per step (the last partial batch of an epoch is dropped).
-    #[arg(long, value_name = "B", default_value_t = 128)]
-    batch: usize,
+struct CompilerFlags {
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: OptimizerArg,
-    /// Base learning rate.
-    #[arg(long, value_name = "LR", default_value_t = 0.1)]
-    lr: f64,
-    #[arg(long, value_enum, default_value = "cosine")]
-    schedule: train::Schedule,
-    /// Linear warm-up over the first N steps.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    warmup: u64,
     /// SGD momentum.
     #[arg(long, value_name = "M", default_value_t = 0.9)]
     momentum: f64,
@@ -376,6 +342,47 @@ struct TrainFlags {
     /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
     #[arg(long)]
     detach_neighbours: bool,
+}
+
+impl CompilerFlags {
+    /// The compiler's options for a fixed batch size.
+    fn options(&self, batch: usize) -> TrainOptions {
+        TrainOptions {
+            batch_size: batch,
+            optimizer: make_optimizer(
+                self.optimizer,
+                self.momentum,
+                self.nesterov,
+                self.weight_decay,
+            ),
+            label_smoothing: self.label_smoothing,
+            detach_neighbours: self.detach_neighbours,
+            decay_all: self.decay_all,
+        }
+    }
+}
+
+/// Training settings shared by `train` and `compare`.
+#[derive(Args, Clone)]
+struct TrainFlags {
+    /// cifar10:DIR, cifar100:DIR, stl10:DIR, mnist:DIR or synthetic:N[:CxHxW[:CLASSES[:SEED]]].
+    #[arg(long, value_name = "SPEC")]
+    data: DataSpec,
+    #[arg(long, value_name = "E", default_value_t = 10)]
+    epochs: usize,
+    /// Images per step (the last partial batch of an epoch is dropped).
+    #[arg(long, value_name = "B", default_value_t = 128)]
+    batch: usize,
+    #[command(flatten)]
+    compiler: CompilerFlags,
+    /// Base learning rate.
+    #[arg(long, value_name = "LR", default_value_t = 0.1)]
+    lr: f64,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: train::Schedule,
+    /// Linear warm-up over the first N steps.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup: u64,
     /// Training augmentation.
     #[arg(long, value_enum, default_value = "none")]
     augment: AugmentArg,
@@ -389,21 +396,17 @@ struct TrainFlags {
 impl TrainFlags {
     /// The request to train `model` (rewritten with `every`, or BP) into `out`.
     fn request(&self, model: PathBuf, every: Option<usize>, out: PathBuf) -> train::TrainRequest {
+        let compiled = self.compiler.options(self.batch);
         train::TrainRequest {
             model,
             data: self.data.clone(),
             every,
             epochs: self.epochs,
             batch: self.batch,
-            optimizer: make_optimizer(
-                self.optimizer,
-                self.momentum,
-                self.nesterov,
-                self.weight_decay,
-            ),
-            label_smoothing: self.label_smoothing,
-            decay_all: self.decay_all,
-            detach_neighbours: self.detach_neighbours,
+            optimizer: compiled.optimizer,
+            label_smoothing: compiled.label_smoothing,
+            decay_all: compiled.decay_all,
+            detach_neighbours: compiled.detach_neighbours,
             lr: self.lr,
             schedule: self.schedule,
             warmup: self.warmup,
@@ -472,29 +475,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             eval_out,
             manifest,
             batch,
-            optimizer,
-            momentum,
-            nesterov,
-            weight_decay,
-            decay_all,
-            label_smoothing,
-            detach_neighbours,
-        }) => {
-            let optimizer = make_optimizer(optimizer, momentum, nesterov, weight_decay);
-            train_compile::compile_train_command(&train_compile::CompileTrainRequest {
-                model,
-                output,
-                eval_output: eval_out,
-                manifest,
-                options: TrainOptions {
-                    batch_size: batch,
-                    optimizer,
-                    label_smoothing,
-                    detach_neighbours,
-                    decay_all,
-                },
-            })
-        }
+            compiler,
+        }) => train_compile::compile_train_command(&train_compile::CompileTrainRequest {
+            model,
+            output,
+            eval_output: eval_out,
+            manifest,
+            options: compiler.options(batch),
+        }),
         Some(Command::Train {
             model,
             every,
