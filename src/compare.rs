@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use rl_passes::io::write_atomically;
+use anyhow::{bail, Context, Result};
+use rl_passes::io::{load_model, write_atomically};
+use rl_passes::pipeline::{rewrite, RewriteOptions};
 use serde_json::json;
 
 use crate::train::metrics::reset_peak_host;
@@ -41,6 +42,21 @@ pub fn compare_command(base: &TrainRequest) -> Result<i32> {
             "compare continues its runs by itself; give the same command again instead of --resume"
         );
     }
+    // Rewrite once up front, so that a K that freezes nothing fails before the BP run has been trained.
+    let model = load_model(&base.model)?.model;
+    rewrite(
+        model,
+        &RewriteOptions {
+            every,
+            ..RewriteOptions::default()
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{}: the Replacement Learning side cannot be built",
+            base.model.display()
+        )
+    })?;
     std::fs::create_dir_all(&base.out)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", base.out.display()))?;
     let mut summaries = Vec::new();

@@ -622,3 +622,30 @@ fn a_vit_with_a_trained_conv_bias_trains_on_tract() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0]["train_loss"].as_f64().unwrap().is_finite());
 }
+
+#[test]
+fn compare_refuses_a_k_that_freezes_nothing_before_training_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("cmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .arg("compare")
+        .arg(&model)
+        .args([
+            "--every", "1", "--data", DATA, "--epochs", "1", "--engine", "tract",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("mlp.onnx") && t.contains("--every must be at least 2"),
+        "{t}"
+    );
+    assert!(
+        !out.join("bp").exists(),
+        "the BP side was trained before the error:\n{t}"
+    );
+}
