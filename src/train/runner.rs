@@ -114,7 +114,12 @@ pub struct OrtRunner {
 
 fn ort_session(model: &ModelProto, cuda: bool) -> Result<Session> {
     let env = crate::engine::ort::environment()?;
-    let mut builder = Session::builder(env).map_err(|e| anyhow!("{e}"))?;
+    // Without ONNX Runtime's memory pattern a resnet32 step at batch 128 peaks at about half the host memory
+    // (626 instead of 1188 MiB) for a step time within the noise of a shared 2-core machine.
+    let mut builder = Session::builder(env)
+        .map_err(|e| anyhow!("{e}"))?
+        .with_memory_pattern(false)
+        .map_err(|e| anyhow!("{e}"))?;
     if cuda {
         builder = builder
             .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
