@@ -221,6 +221,24 @@ impl Graph {
         Some(t)
     }
 
+    /// Removes `nodes` and the initializers named in `initializers`, then relinks; whether anything was removed.
+    /// The end of a cleanup pass that first decides what is redundant, then takes it all out at once.
+    pub fn prune(
+        &mut self,
+        nodes: Vec<NodeIndex>,
+        initializers: Vec<String>,
+    ) -> Result<bool, GraphError> {
+        let changed = !nodes.is_empty() || !initializers.is_empty();
+        for i in nodes {
+            self.remove_node(i);
+        }
+        for name in initializers {
+            self.remove_initializer(&name);
+        }
+        self.relink()?;
+        Ok(changed)
+    }
+
     /// Recomputes edges from value names and checks that every input has a producer.
     pub fn relink(&mut self) -> Result<(), GraphError> {
         self.dag.clear_edges();

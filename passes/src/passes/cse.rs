@@ -169,15 +169,11 @@ impl Pass for CommonSubexpressionElimination {
             }
         }
 
-        let changed = !duplicate_nodes.is_empty() || !duplicate_initializers.is_empty();
-        for i in duplicate_nodes {
-            g.remove_node(i);
-        }
-        for name in duplicate_initializers {
-            g.remove_initializer(&name);
-        }
-        g.relink()?;
-        Ok(if changed { Changed::Yes } else { Changed::No })
+        Ok(if g.prune(duplicate_nodes, duplicate_initializers)? {
+            Changed::Yes
+        } else {
+            Changed::No
+        })
     }
 }
 

@@ -41,15 +41,11 @@ impl Pass for DeadCodeElimination {
             .filter(|k| !needed.contains(*k) && !inputs.contains(*k))
             .cloned()
             .collect();
-        let changed = !dead.is_empty() || !unused.is_empty();
-        for i in dead {
-            g.remove_node(i);
-        }
-        for name in unused {
-            g.remove_initializer(&name);
-        }
-        g.relink()?;
-        Ok(if changed { Changed::Yes } else { Changed::No })
+        Ok(if g.prune(dead, unused)? {
+            Changed::Yes
+        } else {
+            Changed::No
+        })
     }
 }
 
