@@ -170,6 +170,15 @@ fn grouped(n: usize) -> String {
 /// a difference in points for accuracies).
 pub fn table(bp: &RunSummary, rl: &RunSummary) -> String {
     let times = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |r| format!("{r:.3}×"));
+    // An accuracy row: both in percent, then RepL − BP in points.
+    let accuracy = |name: &str, of: fn(&RunSummary) -> f64| -> [String; 4] {
+        [
+            name.into(),
+            format!("{:.2} %", 100.0 * of(bp)),
+            format!("{:.2} %", 100.0 * of(rl)),
+            format!("{:+.2} points", 100.0 * (of(rl) - of(bp))),
+        ]
+    };
     let mut rows: Vec<[String; 4]> = vec![
         [
             "learnable parameters".into(),
@@ -201,24 +210,8 @@ pub fn table(bp: &RunSummary, rl: &RunSummary) -> String {
             format!("{:.2} s", rl.mean_epoch_time_s()),
             times(ratio(rl.mean_epoch_time_s(), bp.mean_epoch_time_s())),
         ],
-        [
-            "best test accuracy".into(),
-            format!("{:.2} %", 100.0 * bp.best_test_acc()),
-            format!("{:.2} %", 100.0 * rl.best_test_acc()),
-            format!(
-                "{:+.2} points",
-                100.0 * (rl.best_test_acc() - bp.best_test_acc())
-            ),
-        ],
-        [
-            "final test accuracy".into(),
-            format!("{:.2} %", 100.0 * bp.final_test_acc()),
-            format!("{:.2} %", 100.0 * rl.final_test_acc()),
-            format!(
-                "{:+.2} points",
-                100.0 * (rl.final_test_acc() - bp.final_test_acc())
-            ),
-        ],
+        accuracy("best test accuracy", RunSummary::best_test_acc),
+        accuracy("final test accuracy", RunSummary::final_test_acc),
     ];
     if bp.peak_device_mib().is_some() || rl.peak_device_mib().is_some() {
         let mib = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |m| format!("{m:.0} MiB"));
