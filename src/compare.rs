@@ -110,8 +110,11 @@ pub fn compare_command(base: &TrainRequest) -> Result<i32> {
         "warmup": base.warmup,
         "augment": base.augment,
         "label_smoothing": base.label_smoothing,
+        "decay_all": base.decay_all,
         "detach_neighbours": base.detach_neighbours,
         "seed": base.seed,
+        "engine": format!("{:?}", base.engine),
+        "device": format!("{:?}", base.device),
         "bp": bp,
         "replacement_learning": rl,
         "ratios_repl_over_bp": {
