@@ -4,11 +4,12 @@ use crate::autodiff::{GradCtx, RuleArgs};
 
 type Grads = Result<Vec<Option<String>>, String>;
 
-/// dX = dY where X > 0, else 0.
+/// dX = dY where X > 0, else 0, as dY·Sign(Y).
 pub fn relu(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
-    let zero = ctx.scalar(a.in_type(0)?.dtype, 0.0);
-    let mask = ctx.op("Greater", &[a.input(0), &zero], vec![]);
-    let g = ctx.op("Where", &[&mask, a.dy0()?, &zero], vec![]);
+    // Sign(Y) is 1 where X > 0 and 0 elsewhere. Reading the output rather than the input lets the input (a
+    // BatchNorm output, in most networks) be freed after the forward pass, since the next layer keeps Y anyway.
+    let mask = ctx.op("Sign", &[a.output(0)], vec![]);
+    let g = ctx.op("Mul", &[a.dy0()?, &mask], vec![]);
     Ok(vec![Some(g)])
 }
 
