@@ -342,3 +342,39 @@ fn onnx_runtime_reports_the_peak_memory_of_its_allocators() {
         "batch 32 ({large}) should need more than batch 2 ({small})"
     );
 }
+
+/// The manifest tells the optimizer's state from BatchNormalization running statistics (what `compare` counts
+/// as optimizer-state bytes).
+#[test]
+fn the_manifest_splits_optimizer_state_from_running_statistics() {
+    let model = build_custom_resnet_cifar(3, 4, &OPTS).unwrap();
+    let m = compile_train(
+        &model,
+        &TrainOptions {
+            batch_size: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let bn_stats: Vec<&str> = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .flat_map(|n| n.input[3..5].iter().map(String::as_str))
+        .collect();
+    let running: Vec<&str> = m
+        .manifest
+        .running_statistics()
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(running, bn_stats);
+    // SGD with momentum: one buffer per parameter.
+    assert_eq!(m.manifest.optimizer_state().len(), m.manifest.params.len());
+    for (s, p) in m.manifest.optimizer_state().iter().zip(&m.manifest.params) {
+        assert_eq!(s.name, format!("{}.momentum", p.name));
+    }
+}

@@ -23,7 +23,7 @@ use rl_passes::io::load_model;
 use rl_passes::onnx::{tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto};
 use rl_passes::pipeline::{rewrite, RewriteOptions};
 use rl_passes::tensor::f32_values;
-use rl_passes::training::{compile_train, Optimizer, TrainOptions};
+use rl_passes::training::{compile_train, ManifestTensor, Optimizer, TrainOptions};
 use serde::Serialize;
 use serde_json::json;
 
@@ -104,17 +104,6 @@ impl TrainOutcome {
             _ => 0,
         }
     }
-}
-
-/// Names of the BatchNormalization running statistics of `model` (inputs 3 and 4 of each node).
-fn running_stat_names(model: &ModelProto) -> Vec<String> {
-    model
-        .graph
-        .iter()
-        .flat_map(|g| &g.node)
-        .filter(|n| n.op_type() == "BatchNormalization")
-        .flat_map(|n| n.input.iter().skip(3).take(2).cloned())
-        .collect()
 }
 
 #[derive(Clone)]
@@ -372,23 +361,17 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
         }
         _ => {}
     }
-    let learnable: usize = manifest
-        .params
-        .iter()
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum();
-    let running = running_stat_names(&forward);
-    let (mut state_values, mut running_values, mut state_bytes) = (0, 0, 0);
-    for t in &manifest.state {
-        let count = t.shape.iter().product::<usize>();
-        if running.contains(&t.name) {
-            running_values += count;
-        } else {
-            state_values += count;
-            // Every carried tensor is float32 (checked above when the initial values were read).
-            state_bytes += 4 * count;
-        }
-    }
+    let values_in = |tensors: &[ManifestTensor]| -> usize {
+        tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum()
+    };
+    let learnable = values_in(&manifest.params);
+    let state_values = values_in(manifest.optimizer_state());
+    // Every carried tensor is float32 (checked above when the initial values were read).
+    let state_bytes = 4 * state_values;
+    let running_values = values_in(manifest.running_statistics());
     println!(
         "training {} on {} ({} train / {} test images): {} learnable values in {} tensors, {} optimizer-state \
          values, {} running statistics, {}, batch {}, {} steps per epoch, engine {}",

@@ -103,9 +103,21 @@ pub struct TrainManifest {
     /// State: the optimizer's (zeros before the first step), then BatchNormalization running statistics
     /// (their initializer values before the first step).
     pub state: Vec<ManifestTensor>,
+    /// How many of the `state` entries, from the first, are the optimizer's.
+    pub optimizer_state_tensors: usize,
 }
 
 impl TrainManifest {
+    /// The optimizer's state tensors (momentum, AdamW moments and step).
+    pub fn optimizer_state(&self) -> &[ManifestTensor] {
+        &self.state[..self.optimizer_state_tensors]
+    }
+
+    /// The BatchNormalization running statistics carried as state.
+    pub fn running_statistics(&self) -> &[ManifestTensor] {
+        &self.state[self.optimizer_state_tensors..]
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifests serialize")
     }
@@ -544,6 +556,7 @@ pub fn compile_train(
                     .map(|r| manifest_tensor(&r.name, r.ty.dtype, &r.ty.shape, None)),
             )
             .collect(),
+        optimizer_state_tensors: states.len(),
     };
     g.model.metadata_props.retain(|e| e.key() != MANIFEST_KEY);
     g.model.metadata_props.push(StringStringEntryProto::new(
