@@ -91,13 +91,9 @@ fn run_tract(
     label_name: &str,
 ) -> HashMap<String, Vec<f64>> {
     let g = step.graph.as_ref().unwrap();
-    // tract 0.23 names a node it adds while translating a Conv with a non-constant bias `{conv}.bias`, which
-    // clashes with an input of that name (the ViT's `conv_proj` / `conv_proj.bias`): node names carry no
-    // meaning, so the tract run gets prefixed ones.
+    // The ViT's trained `conv_proj.bias` needs the engine's renaming for tract.
     let mut renamed = step.clone();
-    for (k, n) in renamed.graph.as_mut().unwrap().node.iter_mut().enumerate() {
-        n.name = Some(format!("n{k}/{}", n.name()));
-    }
+    rl_rewrite::engine::tract::number_node_names(&mut renamed);
     let bytes = renamed.encode_to_vec();
     let mut tm = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
     let mut ins: TVec<TValue> = tvec![];

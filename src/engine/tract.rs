@@ -12,6 +12,17 @@ pub struct TractEngine {
     output_names: Vec<String>,
 }
 
+/// Gives every node a numbered name (`n{k}/{name}`). tract 0.23 names a node it adds while translating a Conv
+/// with a non-constant bias `{conv}.bias`, which clashes with a graph input of that name (a trained
+/// `conv_proj.bias` beside node `conv_proj`, in a training-step model); node names carry no meaning in ONNX.
+pub fn number_node_names(model: &mut ModelProto) {
+    if let Some(g) = &mut model.graph {
+        for (k, n) in g.node.iter_mut().enumerate() {
+            n.name = Some(format!("n{k}/{}", n.name()));
+        }
+    }
+}
+
 /// Runs tract's matrix products on all cores, once per process.
 fn use_all_cores() {
     static ONCE: std::sync::Once = std::sync::Once::new();

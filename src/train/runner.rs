@@ -408,13 +408,8 @@ fn tract_plan(
     facts: &dyn Fn(&str) -> Option<InferenceFact>,
 ) -> Result<TractPlan> {
     let mut model = model.clone();
+    crate::engine::tract::number_node_names(&mut model);
     if let Some(g) = &mut model.graph {
-        // tract 0.23 names a node it adds while translating a Conv with a non-constant bias `{conv}.bias`,
-        // which clashes with a graph input of that name (a trained `conv_proj.bias` beside node `conv_proj`):
-        // node names carry no meaning in ONNX, so tract gets numbered ones.
-        for (k, n) in g.node.iter_mut().enumerate() {
-            n.name = Some(format!("n{k}/{}", n.name()));
-        }
         g.value_info.clear();
         for o in &mut g.output {
             if let Some(Type::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
