@@ -174,6 +174,28 @@ fn run_ort(
         .collect()
 }
 
+/// The largest relative difference (to max(1, |x|, |y|)) between two runs' outputs, asserted ≤ 1e-5.
+fn compare(
+    name: &str,
+    step: &ModelProto,
+    a: &HashMap<String, Vec<f64>>,
+    b: &HashMap<String, Vec<f64>>,
+) -> f64 {
+    let mut worst = 0.0f64;
+    let g = step.graph.as_ref().unwrap();
+    assert!(g.output.len() > 2);
+    for out in &g.output {
+        let (a, b) = (&a[out.name()], &b[out.name()]);
+        assert_eq!(a.len(), b.len(), "{name}: {}", out.name());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            let d = (x - y).abs() / 1f64.max(x.abs()).max(y.abs());
+            assert!(d <= 1e-5, "{name}: {}[{k}]: {x} vs {y}", out.name());
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
 /// Compiles, checks (onnx.checker full) and runs one step on ORT CPU and tract; returns the worst difference.
 fn check(name: &str, model: &ModelProto, detach: bool) -> f64 {
     let m = compile_train(
@@ -195,25 +217,10 @@ fn check(name: &str, model: &ModelProto, detach: bool) -> f64 {
         return 0.0;
     }
     let o = run_ort(&m.step, &floats, &labels, &m.manifest.labels);
-    let mut worst = 0.0f64;
-    let g = m.step.graph.as_ref().unwrap();
-    assert!(g.output.len() > 2);
-    for out in &g.output {
-        let (a, b) = (&t[out.name()], &o[out.name()]);
-        assert_eq!(a.len(), b.len(), "{name}: {}", out.name());
-        for (k, (x, y)) in a.iter().zip(b).enumerate() {
-            let d = (x - y).abs() / 1f64.max(x.abs()).max(y.abs());
-            assert!(
-                d <= 1e-5,
-                "{name}: {}[{k}]: tract {x} vs ORT {y}",
-                out.name()
-            );
-            worst = worst.max(d);
-        }
-    }
+    let worst = compare(name, &m.step, &t, &o);
     eprintln!(
         "{name}: {} outputs, worst tract/ORT difference {worst:e}",
-        g.output.len()
+        m.step.graph.as_ref().unwrap().output.len()
     );
     worst
 }
@@ -231,6 +238,63 @@ fn resnet_step_models_agree_on_ort_and_tract() {
     let r = every2(m);
     check("resnet_every2", &r, false);
     check("resnet_every2_detach", &r, true);
+}
+
+/// Convolutions in ONNX Runtime's blocked layout (as `train` runs them on the CPU) give the step tract computes,
+/// BP and every 2; the stages' 16, 32 and 64 channels are multiples of every NCHWc block size (8 or 16).
+#[test]
+fn nchwc_lowered_step_models_agree_with_tract() {
+    if !common::ort_available() {
+        return;
+    }
+    let Some(block) = rl_rewrite::engine::ort_nchwc::block_size() else {
+        #[cfg(target_arch = "x86_64")]
+        assert!(
+            !std::is_x86_feature_detected!("avx2"),
+            "this CPU has AVX2, so ONNX Runtime should have NCHWc kernels"
+        );
+        return;
+    };
+    assert!(block == 8 || block == 16, "block size {block}");
+    let m = build_custom_resnet_cifar(3, 16, &OPTS).unwrap();
+    for (name, model) in [("bp", m.clone()), ("every2", every2(m))] {
+        let t = compile_train(
+            &model,
+            &TrainOptions {
+                batch_size: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let lowered = rl_rewrite::engine::ort_nchwc::lower_for_cpu(&t.step)
+            .unwrap()
+            .expect("convolutions to lower");
+        let g = lowered.graph.as_ref().unwrap();
+        let blocked = g
+            .node
+            .iter()
+            .filter(|n| {
+                n.op_type() == "Conv" && n.domain() == rl_rewrite::engine::ort_nchwc::NCHWC_DOMAIN
+            })
+            .count();
+        let plain = g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "Conv" && n.domain().is_empty())
+            .count();
+        // Only the 3-channel stem (and its input gradient, never needed) stays im2col.
+        assert!(
+            blocked >= 20 && plain <= 1,
+            "{name}: {blocked} blocked, {plain} plain convolutions"
+        );
+        let (floats, labels) = feeds(&t);
+        let reference = run_tract(&t.step, &floats, &labels, &t.manifest.labels);
+        let o = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
+        let worst = compare(name, &t.step, &reference, &o);
+        eprintln!(
+            "nchwc {name}: {blocked} blocked convolutions, worst tract/ORT difference {worst:e}"
+        );
+    }
 }
 
 #[test]

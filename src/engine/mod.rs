@@ -1,6 +1,7 @@
 //! Engines that execute ONNX models: ONNX Runtime (loaded at run time) and the embedded pure-Rust tract engine.
 
 pub mod ort;
+pub mod ort_nchwc;
 pub mod select;
 pub mod tract;
 

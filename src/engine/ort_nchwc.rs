@@ -1,0 +1,328 @@
+//! Lowers 2-D convolutions to ONNX Runtime's blocked-layout (NCHWc) CPU kernels, for models whose convolution
+//! weights are computed or fed at run time: training step models, and eval models whose parameters are inputs.
+//!
+//! ONNX Runtime rewrites a Conv into its NCHWc form (domain `com.microsoft.nchwc`) only when the weights are
+//! constant, since it reorders them once while optimizing. A training step feeds new weights every step, so its
+//! convolutions run as im2col + GEMM, about twice as slow on a resnet. Here each eligible Conv becomes
+//! ReorderInput → NCHWc Conv → ReorderOutput, with the weights reordered inside the graph (a Reshape, Transpose,
+//! Reshape of the small filter tensor, every run). The reorders of the activations cost a few percent of the
+//! convolution they feed. The block size is the CPU's (16 with AVX-512, 8 with AVX2): see
+//! [`crate::engine::ort::nchwc_block_size`].
+
+use bytes::Bytes;
+use rl_passes::analysis::shapes::{attr_int, attr_ints, attr_string, infer_shapes};
+use rl_passes::ir::Graph;
+use rl_passes::onnx::{
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto,
+};
+use rl_passes::pass::{Changed, Pass, PassError};
+
+/// The contrib-op domain of ONNX Runtime's blocked-layout kernels.
+pub const NCHWC_DOMAIN: &str = "com.microsoft.nchwc";
+
+/// Rewrites each float 2-D Conv with group 1, no dilation and explicit padding whose input and output channel
+/// counts are multiples of the block size. Others (a 3-channel stem, grouped or dilated convolutions) are kept.
+pub struct NchwcConvs {
+    block: usize,
+    /// Shapes of the data inputs, for shape inference.
+    input_shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl NchwcConvs {
+    pub fn new(block: usize, input_shapes: Vec<(String, Vec<usize>)>) -> NchwcConvs {
+        NchwcConvs {
+            block,
+            input_shapes,
+        }
+    }
+}
+
+/// What an eligible Conv needs for its blocked form.
+struct Plan {
+    out_channels: usize,
+    in_channels: usize,
+    kernel: [usize; 2],
+}
+
+fn plan(node: &NodeProto, x: &[usize], w: &[usize], block: usize) -> Option<Plan> {
+    let default_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+    let dilated = attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1));
+    let auto_pad = attr_string(node, "auto_pad").unwrap_or_default();
+    let eligible = default_domain
+        && node.op_type() == "Conv"
+        && x.len() == 4
+        && w.len() == 4
+        && attr_int(node, "group").unwrap_or(1) == 1
+        && !dilated
+        && (auto_pad.is_empty() || auto_pad == "NOTSET")
+        && w[0].is_multiple_of(block)
+        && w[1].is_multiple_of(block)
+        && x[1] == w[1];
+    eligible.then_some(Plan {
+        out_channels: w[0],
+        in_channels: w[1],
+        kernel: [w[2], w[3]],
+    })
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_owned()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_owned()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(value),
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    domain: &str,
+    name: String,
+    inputs: Vec<String>,
+    output: String,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.to_owned()),
+        domain: (!domain.is_empty()).then(|| domain.to_owned()),
+        name: Some(name),
+        input: inputs,
+        output: vec![output],
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn shape_constant(name: &str, dims: &[usize]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_owned()),
+        dims: vec![dims.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        raw_data: Some(Bytes::from(
+            dims.iter()
+                .flat_map(|&d| (d as i64).to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )),
+        ..Default::default()
+    }
+}
+
+impl Pass for NchwcConvs {
+    fn name(&self) -> &'static str {
+        "nchwc-convs"
+    }
+
+    fn run(&mut self, graph: &mut Graph) -> Result<Changed, PassError> {
+        let invalid = |message: String| PassError::Invalid {
+            pass: "nchwc-convs",
+            message,
+        };
+        if self.block < 2 {
+            return Ok(Changed::No);
+        }
+        let types = infer_shapes(graph, &self.input_shapes).map_err(|e| invalid(e.to_string()))?;
+        let float = |v: &str| types.get(v).filter(|t| t.dtype == DataType::Float as i32);
+        let mut chosen = Vec::new();
+        for index in graph.topological_order()? {
+            let n = &graph.dag[index];
+            if n.op_type() != "Conv" || n.input.len() < 2 || n.output.len() != 1 {
+                continue;
+            }
+            if let (Some(x), Some(w)) = (float(&n.input[0]), float(&n.input[1])) {
+                if let Some(p) = plan(n, &x.shape, &w.shape, self.block) {
+                    chosen.push((index, p));
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return Ok(Changed::No);
+        }
+        let b = self.block;
+        for (index, p) in chosen {
+            let conv = graph.remove_node(index).expect("chosen from the graph");
+            let base = if conv.name().is_empty() {
+                conv.output[0].clone()
+            } else {
+                conv.name().to_owned()
+            };
+            let fresh =
+                |graph: &Graph, suffix: &str| graph.fresh_name(&format!("{base}/nchwc_{suffix}"));
+            let (k, c, [kh, kw]) = (p.out_channels, p.in_channels, p.kernel);
+            // [K, C, kh, kw] → [K/b, C/b, kh, kw, b (input), b (output)]: the filter layout of the blocked kernel.
+            let split = fresh(graph, "filter_split_shape");
+            graph.add_initializer(shape_constant(&split, &[k / b, b, c / b, b, kh, kw]));
+            let merged = fresh(graph, "filter_shape");
+            graph.add_initializer(shape_constant(&merged, &[k, c, kh, kw]));
+            let [w6, w6t, wb, xb, yb] = [
+                "filter_split",
+                "filter_blocked6",
+                "filter",
+                "input",
+                "output",
+            ]
+            .map(|s| fresh(graph, s));
+            let mut attributes: Vec<AttributeProto> = conv
+                .attribute
+                .iter()
+                .filter(|a| matches!(a.name(), "pads" | "strides"))
+                .cloned()
+                .collect();
+            attributes.push(ints("kernel_shape", &[kh as i64, kw as i64]));
+            let mut conv_inputs = vec![xb.clone(), wb.clone()];
+            conv_inputs.extend(conv.input.iter().skip(2).cloned());
+            let nodes = vec![
+                node(
+                    "Reshape",
+                    "",
+                    w6.clone(),
+                    vec![conv.input[1].clone(), split],
+                    w6.clone(),
+                    vec![],
+                ),
+                node(
+                    "Transpose",
+                    "",
+                    w6t.clone(),
+                    vec![w6],
+                    w6t.clone(),
+                    vec![ints("perm", &[0, 2, 4, 5, 3, 1])],
+                ),
+                node(
+                    "Reshape",
+                    "",
+                    wb.clone(),
+                    vec![w6t, merged],
+                    wb.clone(),
+                    vec![],
+                ),
+                node(
+                    "ReorderInput",
+                    NCHWC_DOMAIN,
+                    xb.clone(),
+                    vec![conv.input[0].clone()],
+                    xb,
+                    vec![],
+                ),
+                node(
+                    "Conv",
+                    NCHWC_DOMAIN,
+                    base.clone(),
+                    conv_inputs,
+                    yb.clone(),
+                    attributes,
+                ),
+                node(
+                    "ReorderOutput",
+                    NCHWC_DOMAIN,
+                    format!("{base}/nchwc_reorder_output"),
+                    vec![yb],
+                    conv.output[0].clone(),
+                    vec![int("channels", k as i64)],
+                ),
+            ];
+            graph.add_nodes(nodes)?;
+        }
+        if !graph
+            .model
+            .opset_import
+            .iter()
+            .any(|o| o.domain() == NCHWC_DOMAIN)
+        {
+            graph.model.opset_import.push(OperatorSetIdProto {
+                domain: Some(NCHWC_DOMAIN.to_owned()),
+                version: Some(1),
+            });
+        }
+        Ok(Changed::Yes)
+    }
+}
+
+/// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]); `None` when the loaded
+/// ONNX Runtime has no NCHWc kernels here or nothing was eligible. Symbolic input dimensions are taken as 1:
+/// eligibility depends on channel counts only.
+pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
+    let Some(block) = block_size() else {
+        return Ok(None);
+    };
+    let mut graph = Graph::lift(model.clone())?;
+    let shapes = crate::inputs::input_shapes(model, 1);
+    Ok(match NchwcConvs::new(block, shapes).run(&mut graph)? {
+        Changed::Yes => Some(graph.lower()?),
+        Changed::No => None,
+    })
+}
+
+/// The channel block of ONNX Runtime's NCHWc kernels on this CPU, `None` when the loaded library has none (no
+/// AVX2 on x86-64, or a build without them). Asked of the library itself, once per process: ReorderInput pads a
+/// four-channel tensor (its smallest input) to one block.
+pub fn block_size() -> Option<usize> {
+    static BLOCK: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| probe_block_size().ok().flatten())
+}
+
+fn probe_block_size() -> Result<Option<usize>, String> {
+    use prost::Message;
+    use rl_passes::onnx::GraphProto;
+    use rl_passes::tensor::value_info;
+
+    let float = DataType::Float as i32;
+    // The output's shape is what is asked: declared without one.
+    let mut output = value_info("y", float, &[]);
+    if let Some(rl_passes::onnx::type_proto::Value::TensorType(t)) =
+        output.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            },
+            OperatorSetIdProto {
+                domain: Some(NCHWC_DOMAIN.to_owned()),
+                version: Some(1),
+            },
+        ],
+        graph: Some(GraphProto {
+            name: Some("nchwc_probe".to_owned()),
+            node: vec![node(
+                "ReorderInput",
+                NCHWC_DOMAIN,
+                "probe".to_owned(),
+                vec!["x".to_owned()],
+                "y".to_owned(),
+                vec![],
+            )],
+            input: vec![value_info("x", float, &[1, 4, 1, 1])],
+            output: vec![output],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let env = crate::engine::ort::environment().map_err(|e| e.to_string())?;
+    let mut session = ort::session::Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .commit_from_memory(&model.encode_to_vec())
+        .map_err(|e| e.to_string())?;
+    let x = ort::value::Tensor::from_array(([1usize, 4, 1, 1], vec![0f32; 4]))
+        .map_err(|e| e.to_string())?;
+    let outputs = session
+        .run(ort::inputs!["x" => x])
+        .map_err(|e| e.to_string())?;
+    let (shape, _) = outputs["y"]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| e.to_string())?;
+    Ok(shape.get(1).map(|&c| c as usize))
+}
