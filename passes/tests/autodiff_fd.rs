@@ -1001,8 +1001,9 @@ fn conv_1d() {
     }
 }
 
-/// The weight gradient's three constructions: sliced im2col (above), the tiling reshape (windows equal to
-/// strides, as in patch embeddings), and the batch/channel-swapped convolution for kernels of many taps.
+/// The weight gradient's constructions besides the gathered im2col of the cases above: the tiling reshape
+/// (windows equal to strides, as in patch embeddings); the gathered im2col with many taps and a 3-D kernel.
+/// (The batch/channel-swapped convolution is taken by the grouped cases above.)
 #[test]
 fn conv_weight_gradient_paths() {
     let cases = vec![

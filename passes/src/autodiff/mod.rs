@@ -234,13 +234,19 @@ impl<'a> GradCtx<'a> {
         outputs
     }
 
-    /// An int64 initializer (1-D, or rank 0 when `scalar`).
+    /// A 1-D int64 initializer.
     pub fn const_i64(&mut self, values: &[i64]) -> String {
+        self.const_i64_shaped(&[values.len()], values)
+    }
+
+    /// An int64 initializer of the given dims (row-major `values`).
+    pub fn const_i64_shaped(&mut self, dims: &[usize], values: &[i64]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), values.len());
         let name = self.fresh("const");
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.initializers.push(TensorProto {
             name: Some(name.clone()),
-            dims: vec![values.len() as i64],
+            dims: dims.iter().map(|&d| d as i64).collect(),
             data_type: Some(DataType::Int64 as i32),
             raw_data: Some(Bytes::from(raw)),
             ..Default::default()

@@ -4,11 +4,12 @@
 //! - dX is the transposed convolution of dY with W (same strides, dilations, pads and group), with
 //!   `output_padding` restoring the input rows the forward windows never reached; at stride 1 it is written as
 //!   the equivalent Conv of dY with W flipped and its channel axes swapped, which ONNX Runtime runs faster;
-//! - dW (group 1) is one matrix product of dY as [M, N·O] with the patches of X as [C·k, N·O] (im2col built
-//!   from one strided Slice per kernel tap, or a reshape when the windows tile the input). In ONNX Runtime this
-//!   takes half the time of the convolution below (resnet32, batch 128), which is why it is the default; one
-//!   GEMM per tap instead of the concatenation was measured 2.5× slower (small GEMMs use the cores poorly);
-//! - dW (groups, or kernels of more than 64 taps that do not tile) is a convolution of X with dY in which the
+//! - dW (group 1) is one matrix product of the patches of X as [C·k, O·N] with dY as [M, O·N] (im2col by one
+//!   Gather of whole batch rows from X laid out [C, S, N], or a reshape when the windows tile the input). In
+//!   ONNX Runtime this takes half the time of the convolution below (resnet32, batch 128), which is why it is the
+//!   default; one GEMM per tap was measured 2.5× slower (small GEMMs use the cores poorly), and the earlier
+//!   im2col from one strided Slice per tap plus a Concat 1.3–1.5× slower than the Gather;
+//! - dW (groups, or index tensors over 4 Mi entries) is a convolution of X with dY in which the
 //!   roles of batch and channel are swapped and strides and dilations trade places, grouped by the forward
 //!   `group`, then sliced to the kernel size;
 //! - dB sums dY over the batch and spatial axes.
@@ -139,13 +140,14 @@ fn input_grad_flipped(
     ))
 }
 
-/// Most kernel taps for which the im2col weight gradient is built from one Slice per tap.
-const MAX_SLICED_TAPS: usize = 64;
+/// Most entries of the im2col index tensor (kernel taps × output positions, int64) before dW takes the
+/// batch/channel-swapped convolution instead: 4 Mi entries, a 32 MiB initializer.
+const MAX_GATHERED: usize = 1 << 22;
 
-/// dW of an ungrouped Conv as one `Gemm(dY[M, N·O], P[C·k, N·O], transB)` with P the patches of X laid out
-/// channel-major (`P[c, j, n, o] = X[n, c, o·s + j·d − pb]`), so that the result is dW's own layout and every copy
-/// building P moves whole rows. `None` when the kernel has too many taps to slice and its windows do not tile
-/// the input.
+/// dW of an ungrouped Conv as one `Gemm(P[C·k, cols], dY[M, cols], transB)` transposed to [M, C·k], with P the
+/// patches of X, so that every copy building P moves whole rows. The product's operands are in this order
+/// because ONNX Runtime's GEMM is 1.2–1.6× faster with the long side first (resnet32 shapes). `None` when the
+/// index tensor would be too large.
 fn weight_grad_im2col(
     ctx: &mut GradCtx,
     x: &str,
@@ -157,19 +159,19 @@ fn weight_grad_im2col(
     let r = xs.len() - 2;
     let (n, c, m) = (xs[0], xs[1], ws[0]);
     let taps: usize = win.kernel.iter().product();
-    let cols = n * win.out.iter().product::<usize>();
+    let positions: usize = win.out.iter().product();
     let tiles = (0..r).all(|i| {
         win.strides[i] == win.kernel[i]
             && win.dilations[i] == 1
             && win.pads_begin[i] == 0
             && win.pads_end[i] == 0
     });
-    if !tiles && taps > MAX_SLICED_TAPS {
+    if !tiles && taps * positions > MAX_GATHERED {
         return None;
     }
     let spatial: Vec<i64> = (2..2 + r as i64).collect();
-    let mut swap: Vec<i64> = vec![1, 0];
-    swap.extend(&spatial);
+    // The columns of P and dY, (n, o…) or (o…, n), whichever P's construction gives.
+    let mut dy_perm: Vec<i64> = vec![1];
     let patches = if tiles {
         // X [N, C, O1·k1, …] (cropped to whole windows) → [N, C, O1, k1, …] → [C, k…, N, O…].
         let mut xc = x.to_owned();
@@ -191,68 +193,79 @@ fn weight_grad_im2col(
         perm.extend((0..r as i64).map(|i| 3 + 2 * i));
         perm.push(0);
         perm.extend((0..r as i64).map(|i| 2 + 2 * i));
+        dy_perm.push(0);
+        dy_perm.extend(&spatial);
         ctx.op("Transpose", &[&xr], vec![("perm", Attr::Ints(perm))])
     } else {
-        // X → [C, N, S…] once, padded only as far as the last window reaches; one strided Slice per tap gives
-        // [C, N, O…], and the taps stacked on a new axis 1 are P.
-        let xt = ctx.op("Transpose", &[x], vec![("perm", Attr::Ints(swap.clone()))]);
+        // X → [C, S…, N], padded only as far as the last window reaches, flattened to [C, S, N]; one Gather of
+        // whole batch rows with indices [k, O] (the flat padded position each tap reads for each output
+        // position) gives [C, k, O, N]. Strides, dilations and pads live in the indices.
+        let mut to_last: Vec<i64> = (1..2 + r as i64).collect();
+        to_last.push(0);
+        let xt = ctx.op(
+            "Transpose",
+            &[x],
+            vec![("perm", Attr::Ints(to_last.clone()))],
+        );
+        let mut padded = Vec::with_capacity(r);
         let mut pads_end = Vec::with_capacity(r);
         for i in 0..r {
             let reach =
                 (win.out[i] - 1) * win.strides[i] + (win.kernel[i] - 1) * win.dilations[i] + 1;
-            pads_end.push(reach.saturating_sub(xs[2 + i] + win.pads_begin[i]));
+            let end = reach.saturating_sub(xs[2 + i] + win.pads_begin[i]);
+            pads_end.push(end);
+            padded.push(xs[2 + i] + win.pads_begin[i] + end);
         }
         let mut xp = xt;
         if win.pads_begin.iter().chain(&pads_end).any(|&p| p != 0) {
-            let mut pads = vec![0i64, 0];
+            let mut pads = vec![0i64];
             pads.extend(ints(&win.pads_begin));
             pads.extend([0, 0]);
             pads.extend(ints(&pads_end));
+            pads.push(0);
             let pads = ctx.const_i64(&pads);
             xp = ctx.op("Pad", &[&xp, &pads], vec![]);
         }
-        let axes: Vec<i64> = (2..2 + r as i64).collect();
-        let axes = ctx.const_i64(&axes);
-        let steps = ctx.const_i64(&ints(&win.strides));
-        let unit_axis = ctx.const_i64(&[1]);
-        let mut pieces = Vec::with_capacity(taps);
+        let xf = ctx.reshape(&xp, &[c, padded.iter().product(), n]);
+        // Row-major strides of the padded spatial grid.
+        let mut grid = vec![1usize; r];
+        for i in (0..r.saturating_sub(1)).rev() {
+            grid[i] = grid[i + 1] * padded[i + 1];
+        }
+        let mut index = Vec::with_capacity(taps * positions);
         for t in 0..taps {
             // Tap t in row-major order over the kernel dimensions, the order of dW's own layout.
-            let mut rest = t;
-            let mut offset = vec![0usize; r];
-            for i in (0..r).rev() {
-                offset[i] = rest % win.kernel[i];
-                rest /= win.kernel[i];
+            let tap = unravel(t, &win.kernel);
+            for p in 0..positions {
+                let o = unravel(p, &win.out);
+                let flat: usize = (0..r)
+                    .map(|i| (o[i] * win.strides[i] + tap[i] * win.dilations[i]) * grid[i])
+                    .sum();
+                index.push(flat as i64);
             }
-            let starts: Vec<i64> = (0..r)
-                .map(|i| (offset[i] * win.dilations[i]) as i64)
-                .collect();
-            let ends: Vec<i64> = (0..r)
-                .map(|i| {
-                    (offset[i] * win.dilations[i] + (win.out[i] - 1) * win.strides[i] + 1) as i64
-                })
-                .collect();
-            let starts = ctx.const_i64(&starts);
-            let ends = ctx.const_i64(&ends);
-            let piece = ctx.op("Slice", &[&xp, &starts, &ends, &axes, &steps], vec![]);
-            pieces.push(if taps == 1 {
-                piece
-            } else {
-                ctx.op("Unsqueeze", &[&piece, &unit_axis], vec![])
-            });
         }
-        if pieces.len() == 1 {
-            pieces.pop().expect("one tap")
-        } else {
-            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-            ctx.op("Concat", &refs, vec![("axis", Attr::Int(1))])
-        }
+        let index = ctx.const_i64_shaped(&[taps, positions], &index);
+        dy_perm.extend(&spatial);
+        dy_perm.push(0);
+        ctx.op("Gather", &[&xf, &index], vec![("axis", Attr::Int(1))])
     };
+    let cols = n * positions;
     let p = ctx.reshape(&patches, &[c * taps, cols]);
-    let dyt = ctx.op("Transpose", &[dy], vec![("perm", Attr::Ints(swap))]);
+    let dyt = ctx.op("Transpose", &[dy], vec![("perm", Attr::Ints(dy_perm))]);
     let dym = ctx.reshape(&dyt, &[m, cols]);
-    let g = ctx.op("Gemm", &[&dym, &p], vec![("transB", Attr::Int(1))]);
-    Some(ctx.reshape(&g, ws))
+    let g = ctx.op("Gemm", &[&p, &dym], vec![("transB", Attr::Int(1))]);
+    let gt = ctx.op("Transpose", &[&g], vec![("perm", Attr::Ints(vec![1, 0]))]);
+    Some(ctx.reshape(&gt, ws))
+}
+
+/// The multi-index of `flat` in a row-major grid of `dims`.
+fn unravel(mut flat: usize, dims: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; dims.len()];
+    for i in (0..dims.len()).rev() {
+        index[i] = flat % dims[i];
+        flat /= dims[i];
+    }
+    index
 }
 
 pub fn conv(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
