@@ -9,8 +9,9 @@
 //! of a step of a BatchNorm network on ONNX Runtime). After it, [`lower_batchnorm_training`] replaces each
 //! node by its definition in elementary standard ops: tract (an inference engine) runs BatchNormalization with
 //! the given statistics whatever `training_mode` says, and only with constant scale and bias, which are inputs
-//! in the step model. The lowering emits the very ops (and constants) by which the rule recomputes x̂ and
-//! 1/σ from x, so common-subexpression elimination leaves one copy, shared by the forward and the backward.
+//! in the step model. The lowering emits the very ops (and constants) by which the rule recomputes the centred
+//! input d = x − mean, 1/σ and the gain γ/σ from x, so common-subexpression elimination leaves one copy, shared by
+//! the forward and the backward. The forward computes Y = d·(γ/σ) + β without forming x̂.
 //!
 //! The variance is computed as `(Σ d² + n·ε) / n`: tract fuses `Mul(d, d) → ReduceSum → Div(n)` into a
 //! mean-of-squares reducer that computes in float32 even for float64 tensors.
@@ -132,8 +133,8 @@ pub fn lower_batchnorm_training(
         let mut cs = vec![c as i64];
         cs.extend(vec![1; shape.len() - 2]);
 
-        // x̂ and inv = 1/√(var + ε) exactly as `autodiff::rules::norm::normalize` emits them (see the module
-        // docs).
+        // d = x − mean and inv = 1/√(var + ε) exactly as `autodiff::rules::norm::centre` emits them, and the
+        // gain γ·inv as the rule does (see the module docs).
         let axes_name = b.const_i64(&[axes.len()], &axes);
         let sum = b.op("ReduceSum", &[x, &axes_name], vec![("keepdims", A::Int(1))]);
         let nn = b.scalar(dtype, count as f64);
@@ -151,11 +152,12 @@ pub fn lower_batchnorm_training(
         let sd = b.op("Sqrt", &[&ve], vec![]);
         let one = b.scalar(dtype, 1.0);
         let inv = b.op("Div", &[&one, &sd], vec![]);
-        let xh = b.op("Mul", &[&d, &inv], vec![]);
         let cs_name = b.const_i64(&[cs.len()], &cs);
         let s = b.op("Reshape", &[&n.input[1], &cs_name], vec![]);
         let bias = b.op("Reshape", &[&n.input[2], &cs_name], vec![]);
-        let scaled = b.op("Mul", &[&xh, &s], vec![]);
+        // Y = d·(γ·inv) + β: x̂ itself is never formed (the backward works from d as well).
+        let gain = b.op("Mul", &[&s, &inv], vec![]);
+        let scaled = b.op("Mul", &[&d, &gain], vec![]);
         b.op_to("Add", &[&scaled, &bias], vec![], Some(&n.output[0]));
 
         // Running statistics (not on the loss's path: no gradient flows through them).

@@ -254,7 +254,14 @@ fn weight_grad_im2col(
     let dyt = ctx.op("Transpose", &[dy], vec![("perm", Attr::Ints(dy_perm))]);
     let dym = ctx.reshape(&dyt, &[m, cols]);
     let g = ctx.op("Gemm", &[&p, &dym], vec![("transB", Attr::Int(1))]);
-    let gt = ctx.op("Transpose", &[&g], vec![("perm", Attr::Ints(vec![1, 0]))]);
+    // [C·k, M] → [C, k, M] → [M, C, k]: not a plain 2-D transpose of the product, which ONNX Runtime would fold
+    // back into the GEMM by swapping its operands again.
+    let g3 = ctx.reshape(&g, &[c, taps, m]);
+    let gt = ctx.op(
+        "Transpose",
+        &[&g3],
+        vec![("perm", Attr::Ints(vec![2, 0, 1]))],
+    );
     Some(ctx.reshape(&gt, ws))
 }
 

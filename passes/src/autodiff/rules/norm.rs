@@ -15,10 +15,10 @@ fn mean(ctx: &mut GradCtx, x: &str, shape: &[usize], axes: &[usize], dtype: i32)
     ctx.op("Div", &[&s, &k], vec![])
 }
 
-/// The normalized input and 1/√(var + ε) over `axes` (kept), recomputed from `x`: (x̂, inv). The step
+/// The centred input and 1/√(var + ε) over `axes` (kept), recomputed from `x`: (d = x − mean, inv). The step
 /// model's lowering of training-mode BatchNormalization (`training::batchnorm`) emits these very ops, so that
 /// common-subexpression elimination shares them between its forward and the backward.
-fn normalize(
+fn centre(
     ctx: &mut GradCtx,
     x: &str,
     shape: &[usize],
@@ -41,6 +41,19 @@ fn normalize(
     let sd = ctx.op("Sqrt", &[&ve], vec![]);
     let one = ctx.scalar(dtype, 1.0);
     let inv = ctx.op("Div", &[&one, &sd], vec![]);
+    (d, inv)
+}
+
+/// The normalized input and 1/√(var + ε) over `axes` (kept), recomputed from `x`: (x̂, inv).
+fn normalize(
+    ctx: &mut GradCtx,
+    x: &str,
+    shape: &[usize],
+    axes: &[usize],
+    dtype: i32,
+    eps: f64,
+) -> (String, String) {
+    let (d, inv) = centre(ctx, x, shape, axes, dtype, eps);
     let xhat = ctx.op("Mul", &[&d, &inv], vec![]);
     (xhat, inv)
 }
@@ -137,9 +150,10 @@ pub fn batch_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
 }
 
 /// The training-mode gradients, dX = γ·inv·(dY − mean(dY) − x̂·mean(dY·x̂)), dγ = Σ dY·x̂, dβ = Σ dY.
-/// This is the textbook dX = inv·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dY·γ: γ is constant over
-/// the reduced axes, so dX reuses the two sums dγ and dβ take (five full-size ops and two full-size
-/// reductions in all, beside x̂ that the forward computes too).
+/// This is the textbook dX = inv·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dY·γ, written with the centred
+/// input d = x̂/inv, which the forward keeps instead of x̂ (it computes Y = d·(γ·inv) + β, one full-size op fewer):
+/// dX = γ·inv·(dY − mean(dY) − d·inv²·mean(dY·d)), dγ = inv·Σ dY·d, dβ = Σ dY. γ is constant over the reduced
+/// axes, so dX reuses the two sums dγ and dβ take: five full-size ops and two full-size reductions in all.
 fn batch_normalization_training(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     if a.dy.iter().skip(1).any(Option::is_some) {
         return Err("gradients through the running-statistics outputs are not supported".into());
@@ -151,26 +165,29 @@ fn batch_normalization_training(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let axes = &axes;
     let dy = a.dy0()?;
     let mut out = vec![None; a.node.input.len()];
-    let (xhat, inv) = normalize(ctx, a.input(0), shape, axes, dtype, eps);
+    let (d, inv) = centre(ctx, a.input(0), shape, axes, dtype, eps);
     let sum_dy = (a.needs(0) || a.needs(2)).then(|| ctx.reduce_sum(dy, axes, true));
-    let sum_dy_xhat = (a.needs(0) || a.needs(1)).then(|| {
-        let p = ctx.op("Mul", &[dy, &xhat], vec![]);
+    let sum_dy_d = (a.needs(0) || a.needs(1)).then(|| {
+        let p = ctx.op("Mul", &[dy, &d], vec![]);
         ctx.reduce_sum(&p, axes, true)
     });
-    if let (true, Some(s), Some(sx)) = (a.needs(0), &sum_dy, &sum_dy_xhat) {
+    if let (true, Some(s), Some(sd)) = (a.needs(0), &sum_dy, &sum_dy_d) {
         let count: usize = axes.iter().map(|&k| shape[k]).product();
         let n = ctx.scalar(dtype, count as f64);
         let mean_dy = ctx.op("Div", &[s, &n], vec![]);
-        let mean_dy_xhat = ctx.op("Div", &[sx, &n], vec![]);
-        let along_xhat = ctx.op("Mul", &[&xhat, &mean_dy_xhat], vec![]);
+        let mean_dy_d = ctx.op("Div", &[sd, &n], vec![]);
+        let inv2 = ctx.op("Mul", &[&inv, &inv], vec![]);
+        let k = ctx.op("Mul", &[&mean_dy_d, &inv2], vec![]);
+        let along_d = ctx.op("Mul", &[&d, &k], vec![]);
         let centred = ctx.op("Sub", &[dy, &mean_dy], vec![]);
-        let projected = ctx.op("Sub", &[&centred, &along_xhat], vec![]);
+        let projected = ctx.op("Sub", &[&centred, &along_d], vec![]);
         let scale = ctx.reshape(a.input(1), &cshape);
         let gain = ctx.op("Mul", &[&scale, &inv], vec![]);
         out[0] = Some(ctx.op("Mul", &[&projected, &gain], vec![]));
     }
-    if let (true, Some(sx)) = (a.needs(1), &sum_dy_xhat) {
-        out[1] = Some(ctx.reshape(sx, &[c]));
+    if let (true, Some(sd)) = (a.needs(1), &sum_dy_d) {
+        let dscale = ctx.op("Mul", &[sd, &inv], vec![]);
+        out[1] = Some(ctx.reshape(&dscale, &[c]));
     }
     if let (true, Some(s)) = (a.needs(2), &sum_dy) {
         out[2] = Some(ctx.reshape(s, &[c]));
