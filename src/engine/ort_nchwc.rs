@@ -326,3 +326,154 @@ fn probe_block_size() -> Result<Option<usize>, String> {
         .map_err(|e| e.to_string())?;
     Ok(shape.get(1).map(|&c| c as usize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rl_passes::onnx::GraphProto;
+    use rl_passes::tensor::value_info;
+
+    const FLOAT: i32 = DataType::Float as i32;
+
+    fn zeros(name: &str, shape: &[usize]) -> TensorProto {
+        TensorProto {
+            name: Some(name.to_owned()),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(FLOAT),
+            raw_data: Some(Bytes::from(vec![0u8; 4 * shape.iter().product::<usize>()])),
+            ..Default::default()
+        }
+    }
+
+    /// x [2, 16, 8, 8] → Conv 16→32 3×3 pad 1 → Conv 32→32 grouped (2) → y; s [2, 3, 8, 8] → Conv 3→16 → z.
+    fn model() -> ModelProto {
+        let conv = |name: &str, x: &str, w: &str, out: &str, extra: Vec<AttributeProto>| {
+            let mut attrs = vec![ints("pads", &[1, 1, 1, 1])];
+            attrs.extend(extra);
+            node(
+                "Conv",
+                "",
+                name.to_owned(),
+                vec![x.to_owned(), w.to_owned()],
+                out.to_owned(),
+                attrs,
+            )
+        };
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(GraphProto {
+                name: Some("convs".to_owned()),
+                node: vec![
+                    conv("wide", "x", "w1", "h", vec![]),
+                    conv("grouped", "h", "w2", "y", vec![int("group", 2)]),
+                    conv("stem", "s", "w3", "z", vec![]),
+                ],
+                initializer: vec![
+                    zeros("w1", &[32, 16, 3, 3]),
+                    zeros("w2", &[32, 16, 3, 3]),
+                    zeros("w3", &[16, 3, 3, 3]),
+                ],
+                input: vec![
+                    value_info("x", FLOAT, &[2, 16, 8, 8]),
+                    value_info("s", FLOAT, &[2, 3, 8, 8]),
+                ],
+                output: vec![
+                    value_info("y", FLOAT, &[2, 32, 8, 8]),
+                    value_info("z", FLOAT, &[2, 16, 8, 8]),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn lowered(block: usize) -> (Changed, ModelProto) {
+        let m = model();
+        let mut g = Graph::lift(m.clone()).unwrap();
+        let shapes = crate::inputs::input_shapes(&m, 1);
+        let changed = NchwcConvs::new(block, shapes).run(&mut g).unwrap();
+        (changed, g.lower().unwrap())
+    }
+
+    #[test]
+    fn only_ungrouped_convolutions_with_whole_channel_blocks_are_lowered() {
+        let (changed, m) = lowered(16);
+        assert_eq!(changed, Changed::Yes);
+        let g = m.graph.as_ref().unwrap();
+        let ops: Vec<(&str, &str)> = g.node.iter().map(|n| (n.domain(), n.op_type())).collect();
+        let blocked = |op: &str| {
+            ops.iter()
+                .filter(|&&(d, o)| d == NCHWC_DOMAIN && o == op)
+                .count()
+        };
+        assert_eq!(
+            (
+                blocked("ReorderInput"),
+                blocked("Conv"),
+                blocked("ReorderOutput")
+            ),
+            (1, 1, 1)
+        );
+        let mut plain: Vec<&str> = g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "Conv" && n.domain().is_empty())
+            .map(|n| n.name())
+            .collect();
+        plain.sort();
+        assert_eq!(plain, ["grouped", "stem"]);
+        let conv = g
+            .node
+            .iter()
+            .find(|n| n.domain() == NCHWC_DOMAIN && n.op_type() == "Conv")
+            .unwrap();
+        assert_eq!(conv.name(), "wide");
+        let attr = |name: &str| {
+            conv.attribute
+                .iter()
+                .find(|a| a.name() == name)
+                .map(|a| a.ints.clone())
+        };
+        assert_eq!(attr("kernel_shape"), Some(vec![3, 3]));
+        assert_eq!(attr("pads"), Some(vec![1, 1, 1, 1]));
+        // The blocked output is turned back into "h" for the grouped convolution, with 32 channels.
+        let back = g
+            .node
+            .iter()
+            .find(|n| n.op_type() == "ReorderOutput")
+            .unwrap();
+        assert_eq!(back.output, ["h"]);
+        assert_eq!(back.attribute[0].i, Some(32));
+        // The filter goes through Reshape → Transpose [0, 2, 4, 5, 3, 1] → Reshape into the conv.
+        let perm = g.node.iter().find(|n| n.op_type() == "Transpose").unwrap();
+        assert_eq!(perm.attribute[0].ints, [0, 2, 4, 5, 3, 1]);
+        assert!(m
+            .opset_import
+            .iter()
+            .any(|o| o.domain() == NCHWC_DOMAIN && o.version() == 1));
+    }
+
+    #[test]
+    fn no_block_or_no_eligible_convolution_leaves_the_model_alone() {
+        assert_eq!(lowered(1).0, Changed::No);
+        // 32-channel blocks: no convolution here has both channel counts divisible by 32.
+        let (changed, m) = lowered(32);
+        assert_eq!(changed, Changed::No);
+        assert!(m.opset_import.iter().all(|o| o.domain() != NCHWC_DOMAIN));
+        // 8-channel blocks take the same convolution as 16 (the grouped and 3-channel ones stay).
+        let (changed, m) = lowered(8);
+        assert_eq!(changed, Changed::Yes);
+        let convs = m
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.domain() == NCHWC_DOMAIN && n.op_type() == "Conv")
+            .count();
+        assert_eq!(convs, 1);
+    }
+}

@@ -5,7 +5,8 @@
 //!   `output_padding` restoring the input rows the forward windows never reached; at stride 1 it is written as
 //!   the equivalent Conv of dY with W flipped and its channel axes swapped, which ONNX Runtime runs faster;
 //! - dW (group 1) is one matrix product of the patches of X as [C·k, O·N] with dY as [M, O·N] (im2col by one
-//!   Gather of whole batch rows from X laid out [C, S, N], or a reshape when the windows tile the input). In
+//!   Gather of whole batch rows from X laid out [C, S, N]; columns N·O from a reshape when the windows tile the
+//!   input). In
 //!   ONNX Runtime this takes half the time of the convolution below (resnet32, batch 128), which is why it is the
 //!   default; one GEMM per tap was measured 2.5× slower (small GEMMs use the cores poorly), and the earlier
 //!   im2col from one strided Slice per tap plus a Concat 1.3–1.5× slower than the Gather;
