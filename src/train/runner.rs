@@ -113,18 +113,28 @@ pub struct OrtRunner {
 }
 
 fn ort_session(model: &ModelProto, cuda: bool) -> Result<Session> {
+    if cuda {
+        return commit_session(model, true);
+    }
+    // Blocked convolutions are a speed-up only: a model the lowering cannot analyse, or whose lowered form ONNX
+    // Runtime refuses, runs as compiled.
+    let lowered = crate::engine::ort_nchwc::lower_for_cpu(model).unwrap_or_else(|e| {
+        eprintln!("warning: convolutions left in ONNX Runtime's plain layout: {e:#}");
+        None
+    });
+    if let Some(lowered) = lowered {
+        match commit_session(&lowered, false) {
+            Ok(session) => return Ok(session),
+            Err(e) => eprintln!(
+                "warning: convolutions left in ONNX Runtime's plain layout: the blocked form was refused: {e:#}"
+            ),
+        }
+    }
+    commit_session(model, false)
+}
+
+fn commit_session(model: &ModelProto, cuda: bool) -> Result<Session> {
     let env = crate::engine::ort::environment()?;
-    let lowered;
-    let model = if cuda {
-        model
-    } else {
-        // A speed-up only: a model the lowering cannot analyse runs as compiled.
-        lowered = crate::engine::ort_nchwc::lower_for_cpu(model).unwrap_or_else(|e| {
-            eprintln!("warning: convolutions left in ONNX Runtime's plain layout: {e:#}");
-            None
-        });
-        lowered.as_ref().unwrap_or(model)
-    };
     // Without ONNX Runtime's memory pattern a resnet32 step at batch 128 peaks at about half the host memory
     // (626 instead of 1188 MiB) for a step time within the noise of a shared 2-core machine.
     let mut builder = Session::builder(env)
