@@ -6,8 +6,8 @@
 //! convolutions run as im2col + GEMM, about twice as slow on a resnet. Here each eligible Conv becomes
 //! ReorderInput → NCHWc Conv → ReorderOutput, with the weights reordered inside the graph (a Reshape, Transpose,
 //! Reshape of the small filter tensor, every run). The reorders of the activations cost a few percent of the
-//! convolution they feed. The block size is the CPU's (16 with AVX-512, 8 with AVX2): see
-//! [`crate::engine::ort::nchwc_block_size`].
+//! convolution they feed. The block size is the CPU's (16 with AVX-512, 8 with AVX2), asked of the loaded
+//! library by [`block_size`].
 
 use bytes::Bytes;
 use rl_passes::analysis::shapes::{attr_int, attr_ints, attr_string, infer_shapes};

@@ -6,10 +6,9 @@
 //!   the equivalent Conv of dY with W flipped and its channel axes swapped, which ONNX Runtime runs faster;
 //! - dW (group 1) is one matrix product of the patches of X as [C·k, O·N] with dY as [M, O·N] (im2col by one
 //!   Gather of whole batch rows from X laid out [C, S, N]; columns N·O from a reshape when the windows tile the
-//!   input). In
-//!   ONNX Runtime this takes half the time of the convolution below (resnet32, batch 128), which is why it is the
-//!   default; one GEMM per tap was measured 2.5× slower (small GEMMs use the cores poorly), and the earlier
-//!   im2col from one strided Slice per tap plus a Concat 1.3–1.5× slower than the Gather;
+//!   input). In ONNX Runtime this takes half the time of the convolution below (resnet32, batch 128), which is
+//!   why it is the default; one GEMM per tap was measured 2.5× slower (small GEMMs use the cores poorly), and
+//!   the earlier im2col from one strided Slice per tap plus a Concat 1.3–1.5× slower than the Gather;
 //! - dW (groups, or index tensors over 4 Mi entries) is a convolution of X with dY in which the
 //!   roles of batch and channel are swapped and strides and dilations trade places, grouped by the forward
 //!   `group`, then sliced to the kernel size;
