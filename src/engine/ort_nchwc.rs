@@ -11,10 +11,10 @@
 
 use bytes::Bytes;
 use rl_passes::analysis::shapes::{attr_int, attr_ints, attr_string, infer_shapes};
+use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto,
+    tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
 };
 use rl_passes::pass::{Changed, Pass, PassError};
 
@@ -67,21 +67,7 @@ fn plan(node: &NodeProto, x: &[usize], w: &[usize], block: usize) -> Option<Plan
 }
 
 fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.to_owned()),
-        r#type: Some(AttributeType::Ints as i32),
-        ints: values.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, value: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.to_owned()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(value),
-        ..Default::default()
-    }
+    Attr::Ints(values.to_vec()).into_proto(name)
 }
 
 fn node(
@@ -227,7 +213,7 @@ impl Pass for NchwcConvs {
                     format!("{base}/nchwc_reorder_output"),
                     vec![yb],
                     conv.output[0].clone(),
-                    vec![int("channels", k as i64)],
+                    vec![Attr::Int(k as i64).into_proto("channels")],
                 ),
             ];
             graph.add_nodes(nodes)?;
@@ -331,18 +317,16 @@ fn probe_block_size() -> Result<Option<usize>, String> {
 mod tests {
     use super::*;
     use rl_passes::onnx::GraphProto;
-    use rl_passes::tensor::value_info;
+    use rl_passes::tensor::{f32_tensor, value_info};
 
     const FLOAT: i32 = DataType::Float as i32;
 
-    fn zeros(name: &str, shape: &[usize]) -> TensorProto {
-        TensorProto {
-            name: Some(name.to_owned()),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: Some(FLOAT),
-            raw_data: Some(Bytes::from(vec![0u8; 4 * shape.iter().product::<usize>()])),
-            ..Default::default()
-        }
+    fn zeros(name: &str, dims: &[i64]) -> TensorProto {
+        f32_tensor(
+            name,
+            dims,
+            &vec![0.0; dims.iter().product::<i64>() as usize],
+        )
     }
 
     /// x [2, 16, 8, 8] → Conv 16→32 3×3 pad 1 → Conv 32→32 grouped (2) → y; s [2, 3, 8, 8] → Conv 3→16 → z.
@@ -369,7 +353,13 @@ mod tests {
                 name: Some("convs".to_owned()),
                 node: vec![
                     conv("wide", "x", "w1", "h", vec![]),
-                    conv("grouped", "h", "w2", "y", vec![int("group", 2)]),
+                    conv(
+                        "grouped",
+                        "h",
+                        "w2",
+                        "y",
+                        vec![Attr::Int(2).into_proto("group")],
+                    ),
                     conv("stem", "s", "w3", "z", vec![]),
                 ],
                 initializer: vec![
