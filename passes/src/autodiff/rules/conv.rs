@@ -232,17 +232,20 @@ fn weight_grad_im2col(
         for i in (0..r.saturating_sub(1)).rev() {
             grid[i] = grid[i + 1] * padded[i + 1];
         }
+        // Flat position = where output position o's window starts + where tap t sits in it; taps in row-major
+        // order over the kernel dimensions, the order of dW's own layout.
+        let offsets = |count: usize, dims: &[usize], step: &[usize]| -> Vec<usize> {
+            (0..count)
+                .map(|k| {
+                    let at = unravel(k, dims);
+                    (0..r).map(|i| at[i] * step[i] * grid[i]).sum()
+                })
+                .collect()
+        };
+        let starts = offsets(positions, &win.out, &win.strides);
         let mut index = Vec::with_capacity(taps * positions);
-        for t in 0..taps {
-            // Tap t in row-major order over the kernel dimensions, the order of dW's own layout.
-            let tap = unravel(t, &win.kernel);
-            for p in 0..positions {
-                let o = unravel(p, &win.out);
-                let flat: usize = (0..r)
-                    .map(|i| (o[i] * win.strides[i] + tap[i] * win.dilations[i]) * grid[i])
-                    .sum();
-                index.push(flat as i64);
-            }
+        for tap in offsets(taps, &win.kernel, &win.dilations) {
+            index.extend(starts.iter().map(|&s| (s + tap) as i64));
         }
         let index = ctx.const_i64_shaped(&[taps, positions], &index);
         dy_perm.extend(&spatial);
