@@ -196,17 +196,22 @@ fn compare(
     worst
 }
 
-/// Compiles, checks (onnx.checker full) and runs one step on ORT CPU and tract; returns the worst difference.
-fn check(name: &str, model: &ModelProto, detach: bool) -> f64 {
-    let m = compile_train(
+/// The training models of `model` for batches of `batch_size`, default optimizer.
+fn compiled(model: &ModelProto, batch_size: usize, detach_neighbours: bool) -> TrainingModels {
+    compile_train(
         model,
         &TrainOptions {
-            batch_size: 4,
-            detach_neighbours: detach,
+            batch_size,
+            detach_neighbours,
             ..Default::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Compiles, checks (onnx.checker full) and runs one step on ORT CPU and tract; returns the worst difference.
+fn check(name: &str, model: &ModelProto, detach: bool) -> f64 {
+    let m = compiled(model, 4, detach);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{name}.onnx"));
     std::fs::write(&path, m.step.encode_to_vec()).unwrap();
@@ -258,14 +263,7 @@ fn nchwc_lowered_step_models_agree_with_tract() {
     assert!(block == 8 || block == 16, "block size {block}");
     let m = build_custom_resnet_cifar(3, 16, &OPTS).unwrap();
     for (name, model) in [("bp", m.clone()), ("every2", every2(m))] {
-        let t = compile_train(
-            &model,
-            &TrainOptions {
-                batch_size: 4,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let t = compiled(&model, 4, false);
         let lowered = rl_rewrite::engine::ort_nchwc::lower_for_cpu(&t.step)
             .unwrap()
             .expect("convolutions to lower");
@@ -316,14 +314,7 @@ fn pytorch_training_mode_export_step_runs_on_ort() {
         rl_passes::io::load_model(&common::fixture("exporters/resnet_torchscript_train.onnx"))
             .unwrap()
             .model;
-    let m = compile_train(
-        &model,
-        &TrainOptions {
-            batch_size: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let m = compiled(&model, 2, false);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("torch_train_step.onnx");
     std::fs::write(&path, m.step.encode_to_vec()).unwrap();
@@ -352,14 +343,7 @@ fn onnx_runtime_reports_the_peak_memory_of_its_allocators() {
     }
     let model = build_custom_resnet_cifar(3, 4, &OPTS).unwrap();
     let peak = |batch: usize| -> u64 {
-        let m = compile_train(
-            &model,
-            &TrainOptions {
-                batch_size: batch,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let m = compiled(&model, batch, false);
         let start: Vec<HostValue> = m
             .initial
             .iter()
@@ -408,14 +392,7 @@ fn onnx_runtime_reports_the_peak_memory_of_its_allocators() {
 #[test]
 fn the_manifest_splits_optimizer_state_from_running_statistics() {
     let model = build_custom_resnet_cifar(3, 4, &OPTS).unwrap();
-    let m = compile_train(
-        &model,
-        &TrainOptions {
-            batch_size: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let m = compiled(&model, 2, false);
     let bn_stats: Vec<&str> = model
         .graph
         .as_ref()
