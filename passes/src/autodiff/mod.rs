@@ -16,7 +16,8 @@ use bytes::Bytes;
 use crate::analysis::shapes::TensorType;
 use crate::ir::{node_label, Graph, GraphError};
 use crate::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto,
+    StringStringEntryProto, TensorProto,
 };
 use crate::tensor::is_float;
 
@@ -203,6 +204,22 @@ impl<'a> GradCtx<'a> {
             .rev()
             .find(|n| n.output.iter().any(|o| o == value))
             .map(|n| n.op_type())
+    }
+
+    /// Attaches `key = value` to the metadata of the emitted node producing `output`: a note for later passes
+    /// (the forward op a subgraph computes the gradient of), ignored by runtimes.
+    pub fn annotate(&mut self, output: &str, key: &str, value: String) {
+        if let Some(node) = self
+            .nodes
+            .iter_mut()
+            .rev()
+            .find(|n| n.output.iter().any(|o| o == output))
+        {
+            node.metadata_props.push(StringStringEntryProto {
+                key: Some(key.to_owned()),
+                value: Some(value),
+            });
+        }
     }
 
     /// Emits a one-output node and returns its output name.

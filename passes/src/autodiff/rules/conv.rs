@@ -14,8 +14,27 @@
 //!   `group`, then sliced to the kernel size;
 //! - dB sums dY over the batch and spatial axes.
 
+use serde::{Deserialize, Serialize};
+
 use crate::analysis::shapes::{attr_int, window, Window};
 use crate::autodiff::{Attr, GradCtx, RuleArgs};
+
+/// Metadata key on the last node of an im2col weight gradient, whose value is a [`WeightGradNote`] in JSON:
+/// what the subgraph computes, so that an engine with a kernel of its own for it can replace the subgraph.
+pub const WEIGHT_GRAD_NOTE: &str = "rl_rewrite.conv_weight_grad";
+
+/// The weight gradient of an ungrouped convolution: `dW = Σ_{n,o} dY[n, m, o] · X[n, c, o·s + j·d − pads_begin]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightGradNote {
+    /// The convolution's input X [N, C, spatial…].
+    pub x: String,
+    /// The gradient of its output, dY [N, M, out…].
+    pub dy: String,
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads_begin: Vec<usize>,
+}
 
 type Grads = Result<Vec<Option<String>>, String>;
 
@@ -265,7 +284,18 @@ fn weight_grad_im2col(
         &[&g3],
         vec![("perm", Attr::Ints(vec![2, 0, 1]))],
     );
-    Some(ctx.reshape(&gt, ws))
+    let dw = ctx.reshape(&gt, ws);
+    let note = WeightGradNote {
+        x: x.to_owned(),
+        dy: dy.to_owned(),
+        kernel: win.kernel.clone(),
+        strides: win.strides.clone(),
+        dilations: win.dilations.clone(),
+        pads_begin: win.pads_begin.clone(),
+    };
+    let note = serde_json::to_string(&note).expect("plain data serializes");
+    ctx.annotate(&dw, WEIGHT_GRAD_NOTE, note);
+    Some(dw)
 }
 
 /// The multi-index of `flat` in a row-major grid of `dims`.

@@ -12,6 +12,8 @@ mod regularize;
 mod shape_ops;
 mod softmax;
 
+pub use conv::{WeightGradNote, WEIGHT_GRAD_NOTE};
+
 use super::{GradCtx, RuleArgs};
 
 /// A gradient rule: one entry per input of the forward node.
