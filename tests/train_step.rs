@@ -139,6 +139,8 @@ fn run_ort(
     let env = rl_rewrite::engine::ort::environment().unwrap();
     let mut session = Session::builder(env)
         .unwrap()
+        .with_operators(rl_rewrite::engine::ort_ops::domain().unwrap())
+        .unwrap()
         .commit_from_memory(&step.encode_to_vec())
         .unwrap();
     let g = step.graph.as_ref().unwrap();
@@ -285,12 +287,34 @@ fn nchwc_lowered_step_models_agree_with_tract() {
             blocked >= 20 && plain <= 1,
             "{name}: {blocked} blocked, {plain} plain convolutions"
         );
+        // Every weight gradient but the stem's by this crate's kernel, where this CPU has its vector tile.
+        let own = g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == rl_rewrite::engine::ort_ops::CONV_WEIGHT_GRAD)
+            .count();
+        let im2col = g
+            .node
+            .iter()
+            .filter(|n| {
+                n.metadata_props
+                    .iter()
+                    .any(|p| p.key() == rl_passes::autodiff::rules::WEIGHT_GRAD_NOTE)
+            })
+            .count();
+        if rl_rewrite::engine::conv_weight_grad::fast_for(block) {
+            assert!(
+                own >= 18 && im2col <= 1,
+                "{name}: {own} own weight-gradient kernels, {im2col} im2col ones left"
+            );
+        }
         let (floats, labels) = feeds(&t);
         let reference = run_tract(&t.step, &floats, &labels, &t.manifest.labels);
         let o = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
         let worst = compare(name, &t.step, &reference, &o);
         eprintln!(
-            "nchwc {name}: {blocked} blocked convolutions, worst tract/ORT difference {worst:e}"
+            "nchwc {name}: {blocked} blocked convolutions, {own} own weight gradients, worst tract/ORT \
+             difference {worst:e}"
         );
     }
 }

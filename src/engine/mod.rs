@@ -1,7 +1,10 @@
 //! Engines that execute ONNX models: ONNX Runtime (loaded at run time) and the embedded pure-Rust tract engine.
 
+pub mod conv_weight_grad;
 pub mod ort;
 pub mod ort_nchwc;
+pub mod ort_ops;
+pub mod ort_weight_grad;
 pub mod select;
 pub mod tract;
 

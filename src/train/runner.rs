@@ -141,6 +141,10 @@ fn commit_session(model: &ModelProto, cuda: bool) -> Result<Session> {
         .map_err(|e| anyhow!("{e}"))?
         .with_memory_pattern(false)
         .map_err(|e| anyhow!("{e}"))?;
+    if !cuda {
+        let ops = crate::engine::ort_ops::domain().map_err(|e| anyhow!("{e}"))?;
+        builder = builder.with_operators(ops).map_err(|e| anyhow!("{e}"))?;
+    }
     if cuda {
         builder = builder
             .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])

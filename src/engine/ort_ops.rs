@@ -1,0 +1,151 @@
+//! This crate's own ONNX Runtime CPU kernels, registered on the training sessions it creates; the models that
+//! use them exist only inside those sessions (the saved step models are standard ONNX).
+//!
+//! - `ConvWeightGrad(X_blocked, dY_blocked) → dW`: the weight gradient of a 2-D convolution from activations
+//!   in the NCHWc layout ([`super::conv_weight_grad`]); attributes `block`, `kernel_shape`, `strides`,
+//!   `dilations`, `pads_begin`. Like ONNX Runtime's own NCHWc values, the inputs have 4-D shapes [N, C, H, W]
+//!   with C a multiple of the block, their data laid out [N, C/block, H, W, block]. Runs on ONNX Runtime's intra-op threads, the batch split into a fixed number of parts so
+//!   that the result does not depend on the thread count.
+
+use std::sync::Mutex;
+
+use ort::operator::{
+    ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+};
+use ort::value::TensorElementType;
+
+use super::conv_weight_grad::{BlockedDims, Geometry, WeightGrad};
+
+/// The operator domain of the kernels here.
+pub const DOMAIN: &str = "ai.rl_rewrite";
+/// The op type of the convolution weight gradient.
+pub const CONV_WEIGHT_GRAD: &str = "ConvWeightGrad";
+
+/// Parts the batch is split into: enough to keep a few cores busy, fixed so that sums are reproducible.
+const PARTS: usize = 8;
+
+/// The domain with every kernel of this crate, for `SessionBuilder::with_operators`.
+pub fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(ConvWeightGradOp)
+}
+
+struct ConvWeightGradOp;
+
+fn pair(kctx: &KernelContext, name: &str, default: usize) -> ort::Result<[usize; 2]> {
+    match kctx.get::<Vec<i64>>(name) {
+        None => Ok([default; 2]),
+        Some(v) if v.len() == 2 && v.iter().all(|&d| d >= 0) => Ok([v[0] as usize, v[1] as usize]),
+        Some(v) => Err(ort::Error::new(format!(
+            "{CONV_WEIGHT_GRAD}: attribute `{name}` must hold two non-negative values, not {v:?}"
+        ))),
+    }
+}
+
+impl Operator for ConvWeightGradOp {
+    type Kernel<'attr> = ConvWeightGradKernel;
+
+    fn name(&self) -> &str {
+        CONV_WEIGHT_GRAD
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Float32),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(
+        &self,
+        kctx: &KernelContext<'attr>,
+    ) -> ort::Result<ConvWeightGradKernel> {
+        let kernel = kctx.get::<Vec<i64>>("kernel_shape").ok_or_else(|| {
+            ort::Error::new(format!(
+                "{CONV_WEIGHT_GRAD}: attribute `kernel_shape` is required"
+            ))
+        })?;
+        if kernel.len() != 2 || kernel.iter().any(|&k| k < 1) {
+            return Err(ort::Error::new(format!(
+                "{CONV_WEIGHT_GRAD}: `kernel_shape` must be two positive sizes, not {kernel:?}"
+            )));
+        }
+        let block = kctx.get::<i64>("block").unwrap_or(0);
+        if block < 1 {
+            return Err(ort::Error::new(format!(
+                "{CONV_WEIGHT_GRAD}: attribute `block` must be a positive channel count, not {block}"
+            )));
+        }
+        Ok(ConvWeightGradKernel {
+            block: block as usize,
+            geometry: Geometry {
+                kernel: [kernel[0] as usize, kernel[1] as usize],
+                strides: pair(kctx, "strides", 1)?,
+                dilations: pair(kctx, "dilations", 1)?,
+                pads_begin: pair(kctx, "pads_begin", 0)?,
+            },
+        })
+    }
+}
+
+struct ConvWeightGradKernel {
+    block: usize,
+    geometry: Geometry,
+}
+
+/// [N, C, H, W] in blocks of `block` channels.
+fn blocked_dims(shape: &[i64], block: usize, what: &str) -> ort::Result<BlockedDims> {
+    if shape.len() != 4
+        || shape.iter().any(|&d| d < 0)
+        || !(shape[1] as usize).is_multiple_of(block)
+    {
+        return Err(ort::Error::new(format!(
+            "{CONV_WEIGHT_GRAD}: {what} must be a 4-D blocked tensor whose channels are a multiple of {block}, \
+             not {shape:?}"
+        )));
+    }
+    let d = |i: usize| shape[i] as usize;
+    Ok([d(0), d(1) / block, d(2), d(3), block])
+}
+
+impl Kernel for ConvWeightGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let missing = |what: &str| ort::Error::new(format!("{CONV_WEIGHT_GRAD}: no {what}"));
+        let x = ctx.input(0)?.ok_or_else(|| missing("input X"))?;
+        let dy = ctx.input(1)?.ok_or_else(|| missing("input dY"))?;
+        let (x_shape, x) = x.try_extract_tensor::<f32>()?;
+        let (dy_shape, dy) = dy.try_extract_tensor::<f32>()?;
+        let b = self.block;
+        let (xd, dyd) = (
+            blocked_dims(x_shape, b, "X")?,
+            blocked_dims(dy_shape, b, "dY")?,
+        );
+        let grad = WeightGrad::new(x, xd, dy, dyd, self.geometry.clone())
+            .map_err(|e| ort::Error::new(format!("{CONV_WEIGHT_GRAD}: {e}")))?;
+        let parts = PARTS.min(xd[0]).max(1);
+        let partials: Vec<Mutex<Vec<f32>>> = (0..parts).map(|_| Mutex::new(Vec::new())).collect();
+        ctx.par_for(parts, parts, |part| {
+            let sum = grad.partial(grad.samples(part, parts));
+            *partials[part].lock().unwrap_or_else(|e| e.into_inner()) = sum;
+        })?;
+        let partials: Vec<Vec<f32>> = partials
+            .into_iter()
+            .map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let dw = grad.finish(&partials);
+        let [kh, kw] = self.geometry.kernel;
+        let shape = vec![
+            (dyd[1] * b) as i64,
+            (xd[1] * b) as i64,
+            kh as i64,
+            kw as i64,
+        ];
+        let mut out = ctx.output(0, shape)?.ok_or_else(|| missing("output"))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        out.copy_from_slice(&dw);
+        Ok(())
+    }
+}
