@@ -21,12 +21,15 @@ pub struct Geometry {
 /// A blocked tensor's dims: [batch, channel blocks, height, width, block].
 pub type BlockedDims = [usize; 5];
 
-/// Accumulates one tile: for `rows × cols` positions, `acc[o][c] += dy[o] · x[c]` with `o, c < block`.
-/// `x` and `dy` point at the first position; the strides are in floats.
+/// Accumulates one tile: for `samples × rows × cols` positions, `acc[o][c] += dy[o] · x[c]` with
+/// `o, c < block`. `x` and `dy` point at the first position; the strides are in floats.
 type TileFn = unsafe fn(acc: &mut [f32], x: *const f32, dy: *const f32, walk: &Walk, block: usize);
 
 /// How a tile walks its positions.
 struct Walk {
+    samples: usize,
+    x_sample: usize,
+    dy_sample: usize,
     rows: usize,
     cols: usize,
     x_row: usize,
@@ -145,46 +148,53 @@ impl<'a> WeightGrad<'a> {
         n * part / parts..n * (part + 1) / parts
     }
 
-    /// The partial sum over `samples`, laid out [taps, M/b, C/b, b (m), b (c)].
+    /// The partial sum over `samples`, laid out [taps, M/b, C/b, b (m), b (c)]. Each tile is accumulated over
+    /// all the samples at once, so that its accumulators stay in registers.
     pub fn partial(&self, samples: Range<usize>) -> Vec<f32> {
         let [_, cb, h, w, b] = self.xd;
         let [_, mb, ho, wo, _] = self.dyd;
         let g = &self.geometry;
         let mut acc = vec![0f32; self.partial_len()];
-        for n in samples {
-            for ky in 0..g.kernel[0] {
-                let Some((oy, iy)) = valid(0, ky, h, ho, g) else {
+        let samples = samples.start.min(self.xd[0])..samples.end.min(self.xd[0]);
+        if samples.is_empty() {
+            return acc;
+        }
+        let n = samples.start;
+        for ky in 0..g.kernel[0] {
+            let Some((oy, iy)) = valid(0, ky, h, ho, g) else {
+                continue;
+            };
+            for kx in 0..g.kernel[1] {
+                let Some((ox, ix)) = valid(1, kx, w, wo, g) else {
                     continue;
                 };
-                for kx in 0..g.kernel[1] {
-                    let Some((ox, ix)) = valid(1, kx, w, wo, g) else {
-                        continue;
-                    };
-                    let walk = Walk {
-                        rows: oy.len(),
-                        cols: ox.len(),
-                        x_row: g.strides[0] * w * b,
-                        x_col: g.strides[1] * b,
-                        dy_row: wo * b,
-                        dy_col: b,
-                    };
-                    let tap = ky * g.kernel[1] + kx;
-                    for m in 0..mb {
-                        let dy_at = (((n * mb + m) * ho + oy.start) * wo + ox.start) * b;
-                        for c in 0..cb {
-                            let x_at = (((n * cb + c) * h + iy) * w + ix) * b;
-                            let t = ((tap * mb + m) * cb + c) * b * b;
-                            // SAFETY: `valid` keeps every position the walk visits inside X and dY (checked
-                            // against their lengths in `new`), and the tile writes b·b floats of `acc`.
-                            unsafe {
-                                (self.tile)(
-                                    &mut acc[t..t + b * b],
-                                    self.x.as_ptr().add(x_at),
-                                    self.dy.as_ptr().add(dy_at),
-                                    &walk,
-                                    b,
-                                );
-                            }
+                let walk = Walk {
+                    samples: samples.len(),
+                    x_sample: cb * h * w * b,
+                    dy_sample: mb * ho * wo * b,
+                    rows: oy.len(),
+                    cols: ox.len(),
+                    x_row: g.strides[0] * w * b,
+                    x_col: g.strides[1] * b,
+                    dy_row: wo * b,
+                    dy_col: b,
+                };
+                let tap = ky * g.kernel[1] + kx;
+                for m in 0..mb {
+                    let dy_at = (((n * mb + m) * ho + oy.start) * wo + ox.start) * b;
+                    for c in 0..cb {
+                        let x_at = (((n * cb + c) * h + iy) * w + ix) * b;
+                        let t = ((tap * mb + m) * cb + c) * b * b;
+                        // SAFETY: `samples` lies within the batch, `valid` keeps every position inside X and
+                        // dY (whose lengths `new` checked), and the tile writes b·b floats of `acc`.
+                        unsafe {
+                            (self.tile)(
+                                &mut acc[t..t + b * b],
+                                self.x.as_ptr().add(x_at),
+                                self.dy.as_ptr().add(dy_at),
+                                &walk,
+                                b,
+                            );
                         }
                     }
                 }
@@ -198,17 +208,26 @@ impl<'a> WeightGrad<'a> {
         let b = self.xd[4];
         let (mb, cb) = (self.dyd[1], self.xd[1]);
         let [kh, kw] = self.geometry.kernel;
-        let (m_all, c_all, taps) = (mb * b, cb * b, kh * kw);
-        let mut dw = vec![0f32; m_all * c_all * taps];
+        let (c_all, taps) = (cb * b, kh * kw);
+        let mut sum = vec![0f32; self.partial_len()];
         for partial in partials {
-            for (t, value) in partial.iter().enumerate() {
-                let c_in = t % b;
-                let m_in = (t / b) % b;
-                let c = (t / (b * b)) % cb;
-                let m = (t / (b * b * cb)) % mb;
-                let tap = t / (b * b * cb * mb);
-                let (mm, cc) = (m * b + m_in, c * b + c_in);
-                dw[(mm * c_all + cc) * taps + tap] += value;
+            for (s, p) in sum.iter_mut().zip(partial) {
+                *s += p;
+            }
+        }
+        let mut dw = vec![0f32; sum.len()];
+        let mut tiles = sum.chunks_exact(b * b);
+        for tap in 0..taps {
+            for m in 0..mb {
+                for c in 0..cb {
+                    let tile = tiles.next().expect("one tile per (tap, m, c)");
+                    for (m_in, row) in tile.chunks_exact(b).enumerate() {
+                        let at = ((m * b + m_in) * c_all + c * b) * taps + tap;
+                        for (c_in, value) in row.iter().enumerate() {
+                            dw[at + c_in * taps] = *value;
+                        }
+                    }
+                }
             }
         }
         dw
@@ -240,14 +259,17 @@ fn valid(
 
 /// Any block size, one scalar at a time: the reference the vector tiles are tested against.
 unsafe fn tile_scalar(acc: &mut [f32], x: *const f32, dy: *const f32, walk: &Walk, block: usize) {
-    for r in 0..walk.rows {
-        for q in 0..walk.cols {
-            let xp = x.add(r * walk.x_row + q * walk.x_col);
-            let dp = dy.add(r * walk.dy_row + q * walk.dy_col);
-            for o in 0..block {
-                let d = *dp.add(o);
-                for c in 0..block {
-                    acc[o * block + c] += d * *xp.add(c);
+    for n in 0..walk.samples {
+        let (xn, dn) = (x.add(n * walk.x_sample), dy.add(n * walk.dy_sample));
+        for r in 0..walk.rows {
+            for q in 0..walk.cols {
+                let xp = xn.add(r * walk.x_row + q * walk.x_col);
+                let dp = dn.add(r * walk.dy_row + q * walk.dy_col);
+                for o in 0..block {
+                    let d = *dp.add(o);
+                    for c in 0..block {
+                        acc[o * block + c] += d * *xp.add(c);
+                    }
                 }
             }
         }
@@ -269,13 +291,16 @@ unsafe fn tile16_avx512(
     for (o, v) in a.iter_mut().enumerate() {
         *v = _mm512_loadu_ps(acc.as_ptr().add(o * 16));
     }
-    for r in 0..walk.rows {
-        let (xr, dr) = (x.add(r * walk.x_row), dy.add(r * walk.dy_row));
-        for q in 0..walk.cols {
-            let xv = _mm512_loadu_ps(xr.add(q * walk.x_col));
-            let dp = dr.add(q * walk.dy_col);
-            for (o, v) in a.iter_mut().enumerate() {
-                *v = _mm512_fmadd_ps(_mm512_set1_ps(*dp.add(o)), xv, *v);
+    for n in 0..walk.samples {
+        let (xn, dn) = (x.add(n * walk.x_sample), dy.add(n * walk.dy_sample));
+        for r in 0..walk.rows {
+            let (xr, dr) = (xn.add(r * walk.x_row), dn.add(r * walk.dy_row));
+            for q in 0..walk.cols {
+                let xv = _mm512_loadu_ps(xr.add(q * walk.x_col));
+                let dp = dr.add(q * walk.dy_col);
+                for (o, v) in a.iter_mut().enumerate() {
+                    *v = _mm512_fmadd_ps(_mm512_set1_ps(*dp.add(o)), xv, *v);
+                }
             }
         }
     }
@@ -293,13 +318,16 @@ unsafe fn tile8_avx2(acc: &mut [f32], x: *const f32, dy: *const f32, walk: &Walk
     for (o, v) in a.iter_mut().enumerate() {
         *v = _mm256_loadu_ps(acc.as_ptr().add(o * 8));
     }
-    for r in 0..walk.rows {
-        let (xr, dr) = (x.add(r * walk.x_row), dy.add(r * walk.dy_row));
-        for q in 0..walk.cols {
-            let xv = _mm256_loadu_ps(xr.add(q * walk.x_col));
-            let dp = dr.add(q * walk.dy_col);
-            for (o, v) in a.iter_mut().enumerate() {
-                *v = _mm256_fmadd_ps(_mm256_set1_ps(*dp.add(o)), xv, *v);
+    for n in 0..walk.samples {
+        let (xn, dn) = (x.add(n * walk.x_sample), dy.add(n * walk.dy_sample));
+        for r in 0..walk.rows {
+            let (xr, dr) = (xn.add(r * walk.x_row), dn.add(r * walk.dy_row));
+            for q in 0..walk.cols {
+                let xv = _mm256_loadu_ps(xr.add(q * walk.x_col));
+                let dp = dr.add(q * walk.dy_col);
+                for (o, v) in a.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(_mm256_set1_ps(*dp.add(o)), xv, *v);
+                }
             }
         }
     }
