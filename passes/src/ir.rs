@@ -10,7 +10,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use indexmap::IndexMap;
-use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::stable_graph::StableDiGraph;
+
+/// The index of a node in a [`Graph`].
+pub use petgraph::stable_graph::NodeIndex;
 use petgraph::Direction;
 
 use crate::onnx::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};

@@ -1,8 +1,23 @@
 //! Activations: Relu, Sigmoid, Tanh, Erf.
 
+use serde::{Deserialize, Serialize};
+
 use crate::autodiff::{GradCtx, RuleArgs};
 
 type Grads = Result<Vec<Option<String>>, String>;
+
+/// Metadata key on the last node of a Relu gradient, whose value is a [`ReluGradNote`] in JSON, so that an
+/// engine with a fused kernel can replace the three elementwise ops by one.
+pub const RELU_GRAD_NOTE: &str = "rl_rewrite.relu_grad";
+
+/// `dX = dY where Y > 0, else 0`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReluGradNote {
+    /// The Relu's output.
+    pub y: String,
+    /// The gradient of that output.
+    pub dy: String,
+}
 
 /// dX = dY where X > 0, else 0, as dY·Ceil(Min(Y, 1)).
 pub fn relu(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
@@ -14,6 +29,12 @@ pub fn relu(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let capped = ctx.op("Min", &[a.output(0), &one], vec![]);
     let mask = ctx.op("Ceil", &[&capped], vec![]);
     let g = ctx.op("Mul", &[a.dy0()?, &mask], vec![]);
+    let note = ReluGradNote {
+        y: a.output(0).to_owned(),
+        dy: a.dy0()?.to_owned(),
+    };
+    let note = serde_json::to_string(&note).expect("plain data serializes");
+    ctx.annotate(&g, RELU_GRAD_NOTE, note);
     Ok(vec![Some(g)])
 }
 

@@ -12,6 +12,7 @@ mod regularize;
 mod shape_ops;
 mod softmax;
 
+pub use activations::{ReluGradNote, RELU_GRAD_NOTE};
 pub use conv::{WeightGradNote, WEIGHT_GRAD_NOTE};
 
 use super::{GradCtx, RuleArgs};
