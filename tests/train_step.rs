@@ -247,10 +247,10 @@ fn resnet_step_models_agree_on_ort_and_tract() {
     check("resnet_every2_detach", &r, true);
 }
 
-/// Convolutions in ONNX Runtime's blocked layout (as `train` runs them on the CPU) give the step tract computes,
-/// BP and every 2; the stages' 16, 32 and 64 channels are multiples of every NCHWc block size (8 or 16).
+/// The CPU lowering (as `train` runs on the CPU: convolutions in ONNX Runtime's blocked layout, this crate's
+/// weight-gradient and Relu-gradient kernels) gives the step tract computes, BP and every 2; the stages' 16, 32 and 64 channels are multiples of every NCHWc block size (8 or 16).
 #[test]
-fn nchwc_lowered_step_models_agree_with_tract() {
+fn cpu_lowered_step_models_agree_with_tract() {
     if !common::ort_available() {
         return;
     }
@@ -266,7 +266,7 @@ fn nchwc_lowered_step_models_agree_with_tract() {
     let m = build_custom_resnet_cifar(3, 16, &OPTS).unwrap();
     for (name, model) in [("bp", m.clone()), ("every2", every2(m))] {
         let t = compiled(&model, 4, false);
-        let lowered = rl_rewrite::engine::ort_nchwc::lower_for_cpu(&t.step)
+        let lowered = rl_rewrite::engine::ort_cpu::lower_for_cpu(&t.step)
             .unwrap()
             .expect("convolutions to lower");
         let g = lowered.graph.as_ref().unwrap();
@@ -302,6 +302,13 @@ fn nchwc_lowered_step_models_agree_with_tract() {
                     .any(|p| p.key() == rl_passes::autodiff::rules::WEIGHT_GRAD_NOTE)
             })
             .count();
+        // Every Relu's gradient is one fused kernel.
+        let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
+        let (relus, relu_grads) = (count("Relu"), count(rl_rewrite::engine::ort_ops::RELU_GRAD));
+        assert!(
+            relus >= 7 && relu_grads == relus,
+            "{name}: {relus} Relus, {relu_grads} fused Relu gradients"
+        );
         if rl_rewrite::engine::conv_weight_grad::fast_for(block) {
             assert!(
                 own >= 18 && im2col <= 1,
@@ -313,8 +320,8 @@ fn nchwc_lowered_step_models_agree_with_tract() {
         let o = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
         let worst = compare(name, &t.step, &reference, &o);
         eprintln!(
-            "nchwc {name}: {blocked} blocked convolutions, {own} own weight gradients, worst tract/ORT \
-             difference {worst:e}"
+            "nchwc {name}: {blocked} blocked convolutions, {own} own weight gradients, {relu_grads} fused \
+             Relu gradients, worst tract/ORT difference {worst:e}"
         );
     }
 }

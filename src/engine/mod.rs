@@ -2,8 +2,10 @@
 
 pub mod conv_weight_grad;
 pub mod ort;
+pub mod ort_cpu;
 pub mod ort_nchwc;
 pub mod ort_ops;
+pub mod ort_relu_grad;
 pub mod ort_weight_grad;
 pub mod select;
 pub mod tract;

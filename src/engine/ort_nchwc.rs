@@ -18,8 +18,6 @@ use rl_passes::onnx::{
 };
 use rl_passes::pass::{Changed, Pass, PassError};
 
-use super::ort_weight_grad::NchwcWeightGrads;
-
 /// The contrib-op domain of ONNX Runtime's blocked-layout kernels.
 pub const NCHWC_DOMAIN: &str = "com.microsoft.nchwc";
 
@@ -233,26 +231,6 @@ impl Pass for NchwcConvs {
         }
         Ok(Changed::Yes)
     }
-}
-
-/// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]) and their weight
-/// gradients computed by this crate's kernel from that layout ([`NchwcWeightGrads`]; sessions of the result need
-/// [`super::ort_ops::domain`]); `None` when the loaded ONNX Runtime has no NCHWc kernels here or nothing was
-/// eligible. Symbolic input dimensions are taken as 1:
-/// eligibility depends on channel counts only.
-pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
-    let Some(block) = block_size() else {
-        return Ok(None);
-    };
-    let mut graph = Graph::lift(model.clone())?;
-    let shapes = crate::inputs::input_shapes(model, 1);
-    let types = infer_shapes(&graph, &shapes)?;
-    if NchwcConvs::new(block, shapes).run(&mut graph)? == Changed::No {
-        return Ok(None);
-    }
-    // After the convolutions, whose reorders of X and dY the weight gradients reuse.
-    NchwcWeightGrads::new(block, types).run(&mut graph)?;
-    Ok(Some(graph.lower()?))
 }
 
 /// The channel block of ONNX Runtime's NCHWc kernels on this CPU, `None` when the loaded library has none (no

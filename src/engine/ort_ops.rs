@@ -14,19 +14,67 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
+use rl_passes::ir::{Graph, GraphError, NodeIndex};
+use rl_passes::onnx::{AttributeProto, NodeProto, OperatorSetIdProto};
+use serde::de::DeserializeOwned;
+
 use super::conv_weight_grad::{BlockedDims, Geometry, WeightGrad};
 
 /// The operator domain of the kernels here.
 pub const DOMAIN: &str = "ai.rl_rewrite";
 /// The op type of the convolution weight gradient.
 pub const CONV_WEIGHT_GRAD: &str = "ConvWeightGrad";
+/// The op type of the Relu gradient.
+pub const RELU_GRAD: &str = "ReluGrad";
 
 /// Parts the batch is split into: enough to keep a few cores busy, fixed so that sums are reproducible.
 const PARTS: usize = 8;
 
 /// The domain with every kernel of this crate, for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(ConvWeightGradOp)
+    OperatorDomain::new(DOMAIN)?
+        .add(ConvWeightGradOp)?
+        .add(ReluGradOp)
+}
+
+/// The note the autodiff left under `key` on `node`, if any and readable.
+pub(super) fn note<T: DeserializeOwned>(node: &NodeProto, key: &str) -> Option<T> {
+    let entry = node.metadata_props.iter().find(|p| p.key() == key)?;
+    serde_json::from_str(entry.value()).ok()
+}
+
+/// Replaces the node at `index` by one of this crate's ops computing the same outputs from `inputs`, and
+/// makes sure the model imports [`DOMAIN`]. The nodes that only fed the replaced one are left for dead-code
+/// elimination.
+pub(super) fn replace_by_own_op(
+    graph: &mut Graph,
+    index: NodeIndex,
+    op: &str,
+    inputs: Vec<String>,
+    attribute: Vec<AttributeProto>,
+) -> Result<(), GraphError> {
+    let replaced = graph.remove_node(index).expect("a node of the graph");
+    graph.add_node(NodeProto {
+        op_type: Some(op.to_owned()),
+        domain: Some(DOMAIN.to_owned()),
+        name: Some(graph.fresh_name(&format!("{}/{op}", replaced.name()))),
+        input: inputs,
+        output: replaced.output,
+        attribute,
+        ..Default::default()
+    })?;
+    if !graph
+        .model
+        .opset_import
+        .iter()
+        .any(|o| o.domain() == DOMAIN)
+    {
+        graph.model.opset_import.push(OperatorSetIdProto {
+            domain: Some(DOMAIN.to_owned()),
+            version: Some(1),
+        });
+    }
+    Ok(())
 }
 
 struct ConvWeightGradOp;
@@ -146,6 +194,84 @@ impl Kernel for ConvWeightGradKernel {
         let mut out = ctx.output(0, shape)?.ok_or_else(|| missing("output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
         out.copy_from_slice(&dw);
+        Ok(())
+    }
+}
+
+struct ReluGradOp;
+
+/// Elements per parallel chunk of the Relu gradient: large enough to amortize a task, small enough to
+/// spread a resnet activation (0.5–2 Mi elements) over the cores.
+const RELU_CHUNK: usize = 1 << 16;
+
+impl Operator for ReluGradOp {
+    type Kernel<'attr> = ReluGradKernel;
+
+    fn name(&self) -> &str {
+        RELU_GRAD
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Float32),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<ReluGradKernel> {
+        Ok(ReluGradKernel)
+    }
+}
+
+struct ReluGradKernel;
+
+/// Writes through a raw pointer from the parallel tasks, each to its own chunk.
+struct Out(*mut f32);
+// SAFETY: the tasks write disjoint chunks of the output, which outlives the parallel loop.
+unsafe impl Sync for Out {}
+unsafe impl Send for Out {}
+
+impl Out {
+    /// The start of the output (through a method, so that closures capture the `Sync` wrapper).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Kernel for ReluGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let missing = |what: &str| ort::Error::new(format!("{RELU_GRAD}: no {what}"));
+        let y = ctx.input(0)?.ok_or_else(|| missing("input Y"))?;
+        let dy = ctx.input(1)?.ok_or_else(|| missing("input dY"))?;
+        let (y_shape, y) = y.try_extract_tensor::<f32>()?;
+        let (dy_shape, dy) = dy.try_extract_tensor::<f32>()?;
+        if y_shape != dy_shape {
+            return Err(ort::Error::new(format!(
+                "{RELU_GRAD}: Y {:?} and dY {:?} must have the same shape",
+                &**y_shape, &**dy_shape
+            )));
+        }
+        let mut out = ctx
+            .output(0, y_shape.to_vec())?
+            .ok_or_else(|| missing("output"))?;
+        let (_, dx) = out.try_extract_tensor_mut::<f32>()?;
+        let len = dx.len();
+        let target = Out(dx.as_mut_ptr());
+        let chunks = len.div_ceil(RELU_CHUNK);
+        ctx.par_for(chunks, chunks, |k| {
+            let range = k * RELU_CHUNK..((k + 1) * RELU_CHUNK).min(len);
+            // SAFETY: chunk k covers its own range of the output, inside its length.
+            let dx = unsafe {
+                std::slice::from_raw_parts_mut(target.ptr().add(range.start), range.len())
+            };
+            for ((d, &yv), &g) in dx.iter_mut().zip(&y[range.clone()]).zip(&dy[range]) {
+                *d = if yv > 0.0 { g } else { 0.0 };
+            }
+        })?;
         Ok(())
     }
 }

@@ -13,12 +13,12 @@ use rl_passes::analysis::shapes::TensorType;
 use rl_passes::autodiff::rules::{WeightGradNote, WEIGHT_GRAD_NOTE};
 use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
-use rl_passes::onnx::{tensor_proto::DataType, NodeProto, OperatorSetIdProto};
+use rl_passes::onnx::{tensor_proto::DataType, NodeProto};
 use rl_passes::pass::{Changed, Pass, PassError};
 use rl_passes::passes::DeadCodeElimination;
 
 use super::ort_nchwc::NCHWC_DOMAIN;
-use super::ort_ops::{CONV_WEIGHT_GRAD, DOMAIN};
+use super::ort_ops::{note, replace_by_own_op, CONV_WEIGHT_GRAD};
 
 pub struct NchwcWeightGrads {
     block: usize,
@@ -34,12 +34,7 @@ impl NchwcWeightGrads {
     /// The note of a node this pass can replace: a 2-D float gradient with both channel counts multiples of
     /// the block.
     fn eligible(&self, node: &NodeProto) -> Option<WeightGradNote> {
-        let text = node
-            .metadata_props
-            .iter()
-            .find(|p| p.key() == WEIGHT_GRAD_NOTE)?
-            .value();
-        let note: WeightGradNote = serde_json::from_str(text).ok()?;
+        let note: WeightGradNote = note(node, WEIGHT_GRAD_NOTE)?;
         let float = |v: &str| {
             self.types
                 .get(v)
@@ -107,36 +102,22 @@ impl Pass for NchwcWeightGrads {
         for (index, note) in chosen {
             let xb = blocked(graph, &note.x)?;
             let dyb = blocked(graph, &note.dy)?;
-            // Removed only now: until its replacement is added, the graph would not link without it.
-            let marked = graph.remove_node(index).expect("chosen from the graph");
-            graph.add_node(NodeProto {
-                op_type: Some(CONV_WEIGHT_GRAD.to_owned()),
-                domain: Some(DOMAIN.to_owned()),
-                name: Some(graph.fresh_name(&format!("{}/blocked", marked.name()))),
-                input: vec![xb, dyb],
-                output: marked.output.clone(),
-                attribute: vec![
+            // The reorders first: until its replacement is added, the graph would not link without the node.
+            replace_by_own_op(
+                graph,
+                index,
+                CONV_WEIGHT_GRAD,
+                vec![xb, dyb],
+                vec![
                     Attr::Int(self.block as i64).into_proto("block"),
                     ints(&note.kernel).into_proto("kernel_shape"),
                     ints(&note.strides).into_proto("strides"),
                     ints(&note.dilations).into_proto("dilations"),
                     ints(&note.pads_begin).into_proto("pads_begin"),
                 ],
-                ..Default::default()
-            })?;
+            )?;
         }
         DeadCodeElimination.run(graph)?;
-        if !graph
-            .model
-            .opset_import
-            .iter()
-            .any(|o| o.domain() == DOMAIN)
-        {
-            graph.model.opset_import.push(OperatorSetIdProto {
-                domain: Some(DOMAIN.to_owned()),
-                version: Some(1),
-            });
-        }
         Ok(Changed::Yes)
     }
 }

@@ -116,17 +116,18 @@ fn ort_session(model: &ModelProto, cuda: bool) -> Result<Session> {
     if cuda {
         return commit_session(model, true);
     }
-    // Blocked convolutions are a speed-up only: a model the lowering cannot analyse, or whose lowered form ONNX
+    // The CPU-only kernels are a speed-up only: a model the lowering cannot analyse, or whose lowered form ONNX
     // Runtime refuses, runs as compiled.
-    let lowered = crate::engine::ort_nchwc::lower_for_cpu(model).unwrap_or_else(|e| {
-        eprintln!("warning: convolutions left in ONNX Runtime's plain layout: {e:#}");
+    let lowered = crate::engine::ort_cpu::lower_for_cpu(model).unwrap_or_else(|e| {
+        eprintln!("warning: the model runs without ONNX Runtime's CPU-specific kernels: {e:#}");
         None
     });
     if let Some(lowered) = lowered {
         match commit_session(&lowered, false) {
             Ok(session) => return Ok(session),
             Err(e) => eprintln!(
-                "warning: convolutions left in ONNX Runtime's plain layout: the blocked form was refused: {e:#}"
+                "warning: the model runs without ONNX Runtime's CPU-specific kernels: its lowered form was \
+                 refused: {e:#}"
             ),
         }
     }

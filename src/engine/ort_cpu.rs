@@ -1,0 +1,38 @@
+//! The form in which training and eval models run on ONNX Runtime's CPU provider: standard ONNX models
+//! lowered to faster kernels that exist only there, ONNX Runtime's blocked-layout ones and this crate's own.
+
+use rl_passes::analysis::shapes::infer_shapes;
+use rl_passes::ir::Graph;
+use rl_passes::onnx::ModelProto;
+use rl_passes::pass::{Changed, Pass};
+
+use super::ort_nchwc::{block_size, NchwcConvs};
+use super::ort_relu_grad::FusedReluGrads;
+use super::ort_weight_grad::NchwcWeightGrads;
+
+/// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]), their weight gradients
+/// computed from that layout ([`NchwcWeightGrads`]) and its Relu gradients fused ([`FusedReluGrads`]); `None`
+/// when nothing was eligible. Sessions of the result need [`super::ort_ops::domain`]. Symbolic input dimensions
+/// are taken as 1: eligibility depends on channel counts and on shapes being equal only.
+pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
+    let mut graph = Graph::lift(model.clone())?;
+    let shapes = crate::inputs::input_shapes(model, 1);
+    // Of the standard model: the lowered values keep their names and shapes, but the ops of the lowered graph
+    // are beyond shape inference.
+    let types = infer_shapes(&graph, &shapes)?;
+    let mut changed = Changed::No;
+    if let Some(block) = block_size() {
+        if NchwcConvs::new(block, shapes).run(&mut graph)? == Changed::Yes {
+            changed = Changed::Yes;
+            // After the convolutions, whose reorders of X and dY the weight gradients reuse.
+            NchwcWeightGrads::new(block, types.clone()).run(&mut graph)?;
+        }
+    }
+    if FusedReluGrads::new(types).run(&mut graph)? == Changed::Yes {
+        changed = Changed::Yes;
+    }
+    Ok(match changed {
+        Changed::Yes => Some(graph.lower()?),
+        Changed::No => None,
+    })
+}
