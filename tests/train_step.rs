@@ -319,6 +319,9 @@ fn cpu_lowered_step_models_agree_with_tract() {
         let reference = run_tract(&t.step, &floats, &labels, &t.manifest.labels);
         let o = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
         let worst = compare(name, &t.step, &reference, &o);
+        // The kernels split their work over threads but sum in a fixed order: runs agree bit for bit.
+        let again = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
+        assert!(o == again, "{name}: two runs of the lowered step differ");
         eprintln!(
             "nchwc {name}: {blocked} blocked convolutions, {own} own weight gradients, {relu_grads} fused \
              Relu gradients, worst tract/ORT difference {worst:e}"

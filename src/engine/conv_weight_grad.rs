@@ -95,7 +95,10 @@ impl<'a> WeightGrad<'a> {
     ) -> Result<WeightGrad<'a>, String> {
         let g = &geometry;
         if xd[0] != dyd[0] || xd[4] != dyd[4] || xd[4] == 0 {
-            return Err(format!("X {xd:?} and dY {dyd:?} differ in batch or block"));
+            return Err(format!(
+                "X {xd:?} and dY {dyd:?} (blocked: batch, channel blocks, height, width, block) differ in batch \
+                 or block"
+            ));
         }
         if x.len() != xd.iter().product::<usize>() || dy.len() != dyd.iter().product::<usize>() {
             return Err(format!(

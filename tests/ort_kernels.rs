@@ -1,0 +1,129 @@
+//! This crate's ONNX Runtime kernels (`engine::ort_ops`) on inputs they must refuse: the error names the op and
+//! what is wrong, and the session reports it instead of crashing.
+
+mod common;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+use prost::Message;
+use rl_passes::onnx::tensor_shape_proto::dimension::Value as Dim;
+use rl_passes::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use rl_rewrite::engine::ort_ops::{domain, CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
+
+/// A model of one node of this crate's domain reading float inputs `a` and `b` (of the given ranks).
+fn one_node(op: &str, ranks: [usize; 2], attribute: Vec<AttributeProto>) -> ModelProto {
+    let input = |name: &str, rank: usize| {
+        common::float_value(name, (0..rank).map(|k| Dim::DimParam(format!("{name}{k}"))))
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            },
+            OperatorSetIdProto {
+                domain: Some(DOMAIN.into()),
+                version: Some(1),
+            },
+        ],
+        graph: Some(GraphProto {
+            name: Some("kernel".into()),
+            node: vec![NodeProto {
+                op_type: Some(op.into()),
+                domain: Some(DOMAIN.into()),
+                name: Some("the_node".into()),
+                input: vec!["a".into(), "b".into()],
+                output: vec!["y".into()],
+                attribute,
+                ..Default::default()
+            }],
+            input: vec![input("a", ranks[0]), input("b", ranks[1])],
+            output: vec![common::float_value("y", [])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs `model` on `a` and `b` and returns ONNX Runtime's error.
+fn error(model: &ModelProto, a: (&[usize], &[f32]), b: (&[usize], &[f32])) -> String {
+    let env = rl_rewrite::engine::ort::environment().unwrap();
+    let mut session = Session::builder(env)
+        .unwrap()
+        .with_operators(domain().unwrap())
+        .unwrap()
+        .commit_from_memory(&model.encode_to_vec())
+        .unwrap();
+    let inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
+        ("a", TensorRef::from_array_view(a).unwrap().into()),
+        ("b", TensorRef::from_array_view(b).unwrap().into()),
+    ];
+    let result = session.run(inputs).map(|_| ());
+    match result {
+        Ok(()) => panic!("the kernel accepted inputs {:?} and {:?}", a.0, b.0),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    rl_passes::autodiff::Attr::Ints(values.to_vec()).into_proto(name)
+}
+
+#[test]
+fn relu_grad_refuses_operands_of_different_shapes() {
+    if !common::ort_available() {
+        return;
+    }
+    let m = one_node(RELU_GRAD, [2, 2], vec![]);
+    let e = error(&m, (&[2, 3], &[0.0; 6]), (&[3, 2], &[0.0; 6]));
+    assert!(
+        e.contains("ReluGrad") && e.contains("[2, 3]") && e.contains("same shape"),
+        "{e}"
+    );
+}
+
+#[test]
+fn conv_weight_grad_refuses_unblocked_or_mismatched_activations() {
+    if !common::ort_available() {
+        return;
+    }
+    let attrs = || {
+        vec![
+            rl_passes::autodiff::Attr::Int(8).into_proto("block"),
+            ints("kernel_shape", &[3, 3]),
+            ints("pads_begin", &[1, 1]),
+        ]
+    };
+    // Channels not a multiple of the block.
+    let m = one_node(CONV_WEIGHT_GRAD, [4, 4], attrs());
+    let x = vec![0.0f32; 2 * 12 * 4 * 4];
+    let dy = vec![0.0f32; 2 * 8 * 4 * 4];
+    let e = error(&m, (&[2, 12, 4, 4], &x), (&[2, 8, 4, 4], &dy));
+    assert!(
+        e.contains("ConvWeightGrad") && e.contains("multiple of 8") && e.contains("[2, 12, 4, 4]"),
+        "{e}"
+    );
+    // Batches that differ.
+    let dy1 = vec![0.0f32; 8 * 4 * 4];
+    let x16 = vec![0.0f32; 2 * 16 * 4 * 4];
+    let e = error(&m, (&[2, 16, 4, 4], &x16), (&[1, 8, 4, 4], &dy1));
+    assert!(e.contains("ConvWeightGrad") && e.contains("batch"), "{e}");
+    // A kernel without its geometry is refused when the session is created.
+    let m = one_node(
+        CONV_WEIGHT_GRAD,
+        [4, 4],
+        vec![ints("kernel_shape", &[3, 3])],
+    );
+    let env = rl_rewrite::engine::ort::environment().unwrap();
+    let created = Session::builder(env)
+        .unwrap()
+        .with_operators(domain().unwrap())
+        .unwrap()
+        .commit_from_memory(&m.encode_to_vec());
+    let e = match created {
+        Ok(_) => panic!("a ConvWeightGrad without `block` was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("block"), "{e}");
+}
