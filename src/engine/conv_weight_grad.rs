@@ -279,65 +279,50 @@ unsafe fn tile_scalar(acc: &mut [f32], x: *const f32, dy: *const f32, walk: &Wal
     }
 }
 
-/// Block 16: sixteen AVX-512 accumulators, one per output channel, each over the 16 input channels.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile16_avx512(
-    acc: &mut [f32],
-    x: *const f32,
-    dy: *const f32,
-    walk: &Walk,
-    _block: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut a = [_mm512_setzero_ps(); 16];
-    for (o, v) in a.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(acc.as_ptr().add(o * 16));
-    }
-    for n in 0..walk.samples {
-        let (xn, dn) = (x.add(n * walk.x_sample), dy.add(n * walk.dy_sample));
-        for r in 0..walk.rows {
-            let (xr, dr) = (xn.add(r * walk.x_row), dn.add(r * walk.dy_row));
-            for q in 0..walk.cols {
-                let xv = _mm512_loadu_ps(xr.add(q * walk.x_col));
-                let dp = dr.add(q * walk.dy_col);
-                for (o, v) in a.iter_mut().enumerate() {
-                    *v = _mm512_fmadd_ps(_mm512_set1_ps(*dp.add(o)), xv, *v);
+/// A vector tile for a block of `$lanes` channels: one accumulator register per output channel of the block,
+/// each over the block's input channels; per position one load of X and `$lanes` broadcasts of dY.
+macro_rules! vector_tile {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident,
+     $fma:ident, $splat:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(acc: &mut [f32], x: *const f32, dy: *const f32, walk: &Walk, _block: usize) {
+            use std::arch::x86_64::*;
+            let mut a = [$zero(); $lanes];
+            for (o, v) in a.iter_mut().enumerate() {
+                *v = $load(acc.as_ptr().add(o * $lanes));
+            }
+            for n in 0..walk.samples {
+                let (xn, dn) = (x.add(n * walk.x_sample), dy.add(n * walk.dy_sample));
+                for r in 0..walk.rows {
+                    let (xr, dr) = (xn.add(r * walk.x_row), dn.add(r * walk.dy_row));
+                    for q in 0..walk.cols {
+                        let xv = $load(xr.add(q * walk.x_col));
+                        let dp = dr.add(q * walk.dy_col);
+                        for (o, v) in a.iter_mut().enumerate() {
+                            *v = $fma($splat(*dp.add(o)), xv, *v);
+                        }
+                    }
                 }
             }
+            for (o, v) in a.iter().enumerate() {
+                $store(acc.as_mut_ptr().add(o * $lanes), *v);
+            }
         }
-    }
-    for (o, v) in a.iter().enumerate() {
-        _mm512_storeu_ps(acc.as_mut_ptr().add(o * 16), *v);
-    }
+    };
 }
 
-/// Block 8: eight AVX2 accumulators, one per output channel, each over the 8 input channels.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile8_avx2(acc: &mut [f32], x: *const f32, dy: *const f32, walk: &Walk, _block: usize) {
-    use std::arch::x86_64::*;
-    let mut a = [_mm256_setzero_ps(); 8];
-    for (o, v) in a.iter_mut().enumerate() {
-        *v = _mm256_loadu_ps(acc.as_ptr().add(o * 8));
-    }
-    for n in 0..walk.samples {
-        let (xn, dn) = (x.add(n * walk.x_sample), dy.add(n * walk.dy_sample));
-        for r in 0..walk.rows {
-            let (xr, dr) = (xn.add(r * walk.x_row), dn.add(r * walk.dy_row));
-            for q in 0..walk.cols {
-                let xv = _mm256_loadu_ps(xr.add(q * walk.x_col));
-                let dp = dr.add(q * walk.dy_col);
-                for (o, v) in a.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(_mm256_set1_ps(*dp.add(o)), xv, *v);
-                }
-            }
-        }
-    }
-    for (o, v) in a.iter().enumerate() {
-        _mm256_storeu_ps(acc.as_mut_ptr().add(o * 8), *v);
-    }
-}
+vector_tile!(
+    /// Block 16: sixteen AVX-512 accumulators.
+    tile16_avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps,
+    _mm512_set1_ps
+);
+vector_tile!(
+    /// Block 8: eight AVX2 accumulators.
+    tile8_avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps,
+    _mm256_set1_ps
+);
 
 #[cfg(test)]
 mod tests {

@@ -97,10 +97,7 @@ impl Operator for ConvWeightGradOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [
-            OperatorInput::required(TensorElementType::Float32),
-            OperatorInput::required(TensorElementType::Float32),
-        ]
+        [0, 1].map(|_| OperatorInput::required(TensorElementType::Float32))
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -212,10 +209,7 @@ impl Operator for ReluGradOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [
-            OperatorInput::required(TensorElementType::Float32),
-            OperatorInput::required(TensorElementType::Float32),
-        ]
+        [0, 1].map(|_| OperatorInput::required(TensorElementType::Float32))
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
