@@ -4,8 +4,9 @@
 //! - `ConvWeightGrad(X_blocked, dY_blocked) → dW`: the weight gradient of a 2-D convolution from activations
 //!   in the NCHWc layout ([`super::conv_weight_grad`]); attributes `block`, `kernel_shape`, `strides`,
 //!   `dilations`, `pads_begin`. Like ONNX Runtime's own NCHWc values, the inputs have 4-D shapes [N, C, H, W]
-//!   with C a multiple of the block, their data laid out [N, C/block, H, W, block]. Runs on ONNX Runtime's intra-op threads, the batch split into a fixed number of parts so
-//!   that the result does not depend on the thread count.
+//!   with C a multiple of the block, their data laid out [N, C/block, H, W, block]. Runs on ONNX Runtime's
+//!   intra-op threads, the batch split into a fixed number of parts so that the result does not depend on the
+//!   thread count.
 
 use std::sync::Mutex;
 
@@ -118,12 +119,14 @@ impl Operator for ConvWeightGradOp {
                 "{CONV_WEIGHT_GRAD}: `kernel_shape` must be two positive sizes, not {kernel:?}"
             )));
         }
-        let block = kctx.get::<i64>("block").unwrap_or(0);
-        if block < 1 {
-            return Err(ort::Error::new(format!(
-                "{CONV_WEIGHT_GRAD}: attribute `block` must be a positive channel count, not {block}"
-            )));
-        }
+        let block = match kctx.get::<i64>("block") {
+            Some(b) if b >= 1 => b,
+            found => {
+                return Err(ort::Error::new(format!(
+                    "{CONV_WEIGHT_GRAD}: attribute `block` must be a positive channel count, not {found:?}"
+                )))
+            }
+        };
         Ok(ConvWeightGradKernel {
             block: block as usize,
             geometry: Geometry {
