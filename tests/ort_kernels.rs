@@ -8,7 +8,7 @@ use ort::value::TensorRef;
 use prost::Message;
 use rl_passes::onnx::tensor_shape_proto::dimension::Value as Dim;
 use rl_passes::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
-use rl_rewrite::engine::ort_ops::{domain, CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
+use rl_rewrite::engine::ort_ops::{commit_with_own_ops, CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
 
 /// A model of one node of this crate's domain reading float inputs `a` and `b` (of the given ranks).
 fn one_node(op: &str, ranks: [usize; 2], attribute: Vec<AttributeProto>) -> ModelProto {
@@ -49,12 +49,8 @@ fn one_node(op: &str, ranks: [usize; 2], attribute: Vec<AttributeProto>) -> Mode
 /// Runs `model` on `a` and `b` and returns ONNX Runtime's error.
 fn error(model: &ModelProto, a: (&[usize], &[f32]), b: (&[usize], &[f32])) -> String {
     let env = rl_rewrite::engine::ort::environment().unwrap();
-    let mut session = Session::builder(env)
-        .unwrap()
-        .with_operators(domain().unwrap())
-        .unwrap()
-        .commit_from_memory(&model.encode_to_vec())
-        .unwrap();
+    let mut session =
+        commit_with_own_ops(Session::builder(env).unwrap(), &model.encode_to_vec()).unwrap();
     let inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
         ("a", TensorRef::from_array_view(a).unwrap().into()),
         ("b", TensorRef::from_array_view(b).unwrap().into()),
@@ -116,14 +112,10 @@ fn conv_weight_grad_refuses_unblocked_or_mismatched_activations() {
         vec![ints("kernel_shape", &[3, 3])],
     );
     let env = rl_rewrite::engine::ort::environment().unwrap();
-    let created = Session::builder(env)
-        .unwrap()
-        .with_operators(domain().unwrap())
-        .unwrap()
-        .commit_from_memory(&m.encode_to_vec());
+    let created = commit_with_own_ops(Session::builder(env).unwrap(), &m.encode_to_vec());
     let e = match created {
         Ok(_) => panic!("a ConvWeightGrad without `block` was accepted"),
-        Err(e) => e.to_string(),
+        Err(e) => format!("{e:#}"),
     };
     assert!(e.contains("block"), "{e}");
 }

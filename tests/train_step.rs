@@ -137,12 +137,11 @@ fn run_ort(
     use ort::value::TensorRef;
     // One ONNX Runtime environment per process: the engine's, which the runner tests use too.
     let env = rl_rewrite::engine::ort::environment().unwrap();
-    let mut session = Session::builder(env)
-        .unwrap()
-        .with_operators(rl_rewrite::engine::ort_ops::domain().unwrap())
-        .unwrap()
-        .commit_from_memory(&step.encode_to_vec())
-        .unwrap();
+    let mut session = rl_rewrite::engine::ort_ops::commit_with_own_ops(
+        Session::builder(env).unwrap(),
+        &step.encode_to_vec(),
+    )
+    .unwrap();
     let g = step.graph.as_ref().unwrap();
     let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::new();
     let label_shape = [labels.len()];

@@ -12,8 +12,9 @@ use super::ort_weight_grad::NchwcWeightGrads;
 
 /// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]), their weight gradients
 /// computed from that layout ([`NchwcWeightGrads`]) and its Relu gradients fused ([`FusedReluGrads`]); `None`
-/// when nothing was eligible. Sessions of the result need [`super::ort_ops::domain`]. Symbolic input dimensions
-/// are taken as 1: eligibility depends on channel counts and on shapes being equal only.
+/// when nothing was eligible. Sessions of the result need this crate's kernels
+/// ([`super::ort_ops::commit_with_own_ops`]). Symbolic input dimensions are taken as 1: eligibility depends on
+/// channel counts and on shapes being equal only.
 pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
     let mut graph = Graph::lift(model.clone())?;
     let shapes = crate::inputs::input_shapes(model, 1);

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
 };
+use ort::session::builder::SessionBuilder;
+use ort::session::Session;
 use ort::value::TensorElementType;
 
 use rl_passes::ir::{Graph, GraphError, NodeIndex};
@@ -30,6 +32,18 @@ pub const RELU_GRAD: &str = "ReluGrad";
 
 /// Parts the batch is split into: enough to keep a few cores busy, fixed so that sums are reproducible.
 const PARTS: usize = 8;
+
+/// A session of `model` (encoded ONNX) with this crate's kernels registered. Serialized across the process:
+/// while a session initializes, ONNX Runtime enters a custom domain in a process-wide table, and two sessions
+/// doing so at once fail with "the domain is already exist" (onnxruntime issue #22663).
+pub fn commit_with_own_ops(mut builder: SessionBuilder, model: &[u8]) -> anyhow::Result<Session> {
+    static INITIALIZING: Mutex<()> = Mutex::new(());
+    builder = builder
+        .with_operators(domain()?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _one_at_a_time = INITIALIZING.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(builder.commit_from_memory(model)?)
+}
 
 /// The domain with every kernel of this crate, for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {

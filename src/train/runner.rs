@@ -138,22 +138,21 @@ fn commit_session(model: &ModelProto, cuda: bool) -> Result<Session> {
     let env = crate::engine::ort::environment()?;
     // Without ONNX Runtime's memory pattern a resnet32 step at batch 128 peaks at about half the host memory
     // (626 instead of 1188 MiB) for a step time within the noise of a shared 2-core machine.
-    let mut builder = Session::builder(env)
+    let builder = Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
         .with_memory_pattern(false)
         .map_err(|e| anyhow!("{e}"))?;
-    if !cuda {
-        let ops = crate::engine::ort_ops::domain().map_err(|e| anyhow!("{e}"))?;
-        builder = builder.with_operators(ops).map_err(|e| anyhow!("{e}"))?;
-    }
-    if cuda {
-        builder = builder
+    let bytes = model.encode_to_vec();
+    let session = if cuda {
+        builder
             .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
-            .map_err(|e| anyhow!("the CUDA execution provider could not be registered: {e}"))?;
-    }
-    builder
-        .commit_from_memory(&model.encode_to_vec())
-        .map_err(|e| anyhow!("ONNX Runtime could not create a session: {e}"))
+            .map_err(|e| anyhow!("the CUDA execution provider could not be registered: {e}"))?
+            .commit_from_memory(&bytes)
+            .map_err(anyhow::Error::from)
+    } else {
+        crate::engine::ort_ops::commit_with_own_ops(builder, &bytes)
+    };
+    session.map_err(|e| anyhow!("ONNX Runtime could not create a session: {e:#}"))
 }
 
 fn ort_err(e: ort::Error) -> anyhow::Error {
