@@ -3,8 +3,8 @@
 //!
 //! In standard ONNX the weight gradient is an im2col (a Gather nine times the size of X, written to memory and
 //! read back) followed by a GEMM with a long inner dimension. Here each output tile dW[b output channels,
-//! b input channels] of one kernel tap is accumulated in registers over all output positions of a sample: per
-//! position, one vector of b input channels times b broadcast values of dY. Both operands are read in place
+//! b input channels] of one kernel tap is accumulated in registers over all output positions of all samples
+//! of a part of the batch: per position, one vector of b input channels times b broadcast values of dY. Both operands are read in place
 //! from the blocked tensors, which the blocked convolutions have produced anyway, so nothing is materialized.
 
 use std::ops::Range;
@@ -112,11 +112,11 @@ impl<'a> WeightGrad<'a> {
                 "kernel, strides and dilations must be positive: {g:?}"
             ));
         }
-        // dY holds one position per window; windows may end inside the end padding.
+        // dY holds one position per window; the last window may end inside the end padding but must not
+        // start past it.
         for axis in 0..2 {
             let (size, out) = (xd[2 + axis], dyd[2 + axis]);
-            let reach = (g.kernel[axis] - 1) * g.dilations[axis];
-            if out > 0 && (out - 1) * g.strides[axis] + reach > size + g.pads_begin[axis] + reach {
+            if out > 0 && (out - 1) * g.strides[axis] > size + g.pads_begin[axis] {
                 return Err(format!(
                     "dY's spatial size {:?} is more than the windows over X {:?} give ({g:?})",
                     &dyd[2..4],
