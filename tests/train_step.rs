@@ -287,11 +287,8 @@ fn cpu_lowered_step_models_agree_with_tract() {
             "{name}: {blocked} blocked, {plain} plain convolutions"
         );
         // Every weight gradient but the stem's by this crate's kernel, where this CPU has its vector tile.
-        let own = g
-            .node
-            .iter()
-            .filter(|n| n.op_type() == rl_rewrite::engine::ort_ops::CONV_WEIGHT_GRAD)
-            .count();
+        let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
+        let own = count(rl_rewrite::engine::ort_ops::CONV_WEIGHT_GRAD);
         let im2col = g
             .node
             .iter()
@@ -302,7 +299,6 @@ fn cpu_lowered_step_models_agree_with_tract() {
             })
             .count();
         // Every Relu's gradient is one fused kernel.
-        let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
         let (relus, relu_grads) = (count("Relu"), count(rl_rewrite::engine::ort_ops::RELU_GRAD));
         assert!(
             relus >= 7 && relu_grads == relus,

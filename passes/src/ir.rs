@@ -16,7 +16,9 @@ use petgraph::stable_graph::StableDiGraph;
 pub use petgraph::stable_graph::NodeIndex;
 use petgraph::Direction;
 
-use crate::onnx::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use crate::onnx::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+};
 
 /// Input slot used for values a node reads implicitly, through a subgraph attribute (If/Loop/Scan bodies).
 pub const IMPLICIT_INPUT: usize = usize::MAX;
@@ -405,6 +407,16 @@ impl Graph {
             .map(|i| i.name().to_owned())
             .filter(|n| !self.initializers.contains_key(n))
             .collect()
+    }
+
+    /// Makes the model import operator set `domain` (at `version`) unless it already imports it.
+    pub fn import_domain(&mut self, domain: &str, version: i64) {
+        if !self.model.opset_import.iter().any(|o| o.domain() == domain) {
+            self.model.opset_import.push(OperatorSetIdProto {
+                domain: Some(domain.to_owned()),
+                version: Some(version),
+            });
+        }
     }
 
     /// A value name not yet used in the graph, derived from `base`.

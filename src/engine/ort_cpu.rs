@@ -17,13 +17,12 @@ use super::ort_weight_grad::NchwcWeightGrads;
 /// channel counts and on shapes being equal only.
 pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
     let mut graph = Graph::lift(model.clone())?;
-    let shapes = crate::inputs::input_shapes(model, 1);
-    // Of the standard model: the lowered values keep their names and shapes, but the ops of the lowered graph
-    // are beyond shape inference.
-    let types = infer_shapes(&graph, &shapes)?;
+    // Of the standard model, once for all the passes: the lowered values keep their names and shapes, but the
+    // ops of the lowered graph are beyond shape inference.
+    let types = infer_shapes(&graph, &crate::inputs::input_shapes(model, 1))?;
     let mut changed = Changed::No;
     if let Some(block) = block_size() {
-        if NchwcConvs::new(block, shapes).run(&mut graph)? == Changed::Yes {
+        if NchwcConvs::new(block, types.clone()).run(&mut graph)? == Changed::Yes {
             changed = Changed::Yes;
             // After the convolutions, whose reorders of X and dY the weight gradients reuse.
             NchwcWeightGrads::new(block, types.clone()).run(&mut graph)?;

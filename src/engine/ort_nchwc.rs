@@ -9,8 +9,10 @@
 //! convolution they feed. The block size is the CPU's (16 with AVX-512, 8 with AVX2), asked of the loaded
 //! library by [`block_size`].
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
-use rl_passes::analysis::shapes::{attr_int, attr_ints, attr_string, infer_shapes};
+use rl_passes::analysis::shapes::{attr_int, attr_ints, attr_string, TensorType};
 use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::{
@@ -25,16 +27,13 @@ pub const NCHWC_DOMAIN: &str = "com.microsoft.nchwc";
 /// counts are multiples of the block size. Others (a 3-channel stem, grouped or dilated convolutions) are kept.
 pub struct NchwcConvs {
     block: usize,
-    /// Shapes of the data inputs, for shape inference.
-    input_shapes: Vec<(String, Vec<usize>)>,
+    /// Types of the model's values (from `infer_shapes`).
+    types: HashMap<String, TensorType>,
 }
 
 impl NchwcConvs {
-    pub fn new(block: usize, input_shapes: Vec<(String, Vec<usize>)>) -> NchwcConvs {
-        NchwcConvs {
-            block,
-            input_shapes,
-        }
+    pub fn new(block: usize, types: HashMap<String, TensorType>) -> NchwcConvs {
+        NchwcConvs { block, types }
     }
 }
 
@@ -70,7 +69,8 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     Attr::Ints(values.to_vec()).into_proto(name)
 }
 
-fn node(
+/// A one-output node of `domain` (empty: the default domain).
+pub(super) fn node(
     op: &str,
     domain: &str,
     name: String,
@@ -109,15 +109,14 @@ impl Pass for NchwcConvs {
     }
 
     fn run(&mut self, graph: &mut Graph) -> Result<Changed, PassError> {
-        let invalid = |message: String| PassError::Invalid {
-            pass: "nchwc-convs",
-            message,
-        };
         if self.block < 2 {
             return Ok(Changed::No);
         }
-        let types = infer_shapes(graph, &self.input_shapes).map_err(|e| invalid(e.to_string()))?;
-        let float = |v: &str| types.get(v).filter(|t| t.dtype == DataType::Float as i32);
+        let float = |v: &str| {
+            self.types
+                .get(v)
+                .filter(|t| t.dtype == DataType::Float as i32)
+        };
         let mut chosen = Vec::new();
         for index in graph.topological_order()? {
             let n = &graph.dag[index];
@@ -218,17 +217,7 @@ impl Pass for NchwcConvs {
             ];
             graph.add_nodes(nodes)?;
         }
-        if !graph
-            .model
-            .opset_import
-            .iter()
-            .any(|o| o.domain() == NCHWC_DOMAIN)
-        {
-            graph.model.opset_import.push(OperatorSetIdProto {
-                domain: Some(NCHWC_DOMAIN.to_owned()),
-                version: Some(1),
-            });
-        }
+        graph.import_domain(NCHWC_DOMAIN, 1);
         Ok(Changed::Yes)
     }
 }
@@ -369,8 +358,10 @@ mod tests {
     fn lowered(block: usize) -> (Changed, ModelProto) {
         let m = model();
         let mut g = Graph::lift(m.clone()).unwrap();
-        let shapes = crate::inputs::input_shapes(&m, 1);
-        let changed = NchwcConvs::new(block, shapes).run(&mut g).unwrap();
+        let types =
+            rl_passes::analysis::shapes::infer_shapes(&g, &crate::inputs::input_shapes(&m, 1))
+                .unwrap();
+        let changed = NchwcConvs::new(block, types).run(&mut g).unwrap();
         (changed, g.lower().unwrap())
     }
 

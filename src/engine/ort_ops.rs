@@ -18,7 +18,7 @@ use ort::session::Session;
 use ort::value::TensorElementType;
 
 use rl_passes::ir::{Graph, GraphError, NodeIndex};
-use rl_passes::onnx::{AttributeProto, NodeProto, OperatorSetIdProto};
+use rl_passes::onnx::{AttributeProto, NodeProto};
 use serde::de::DeserializeOwned;
 
 use super::conv_weight_grad::{BlockedDims, Geometry, WeightGrad};
@@ -78,17 +78,7 @@ pub(super) fn replace_by_own_op(
         attribute,
         ..Default::default()
     })?;
-    if !graph
-        .model
-        .opset_import
-        .iter()
-        .any(|o| o.domain() == DOMAIN)
-    {
-        graph.model.opset_import.push(OperatorSetIdProto {
-            domain: Some(DOMAIN.to_owned()),
-            version: Some(1),
-        });
-    }
+    graph.import_domain(DOMAIN, 1);
     Ok(())
 }
 

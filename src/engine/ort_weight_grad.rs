@@ -17,7 +17,7 @@ use rl_passes::onnx::{tensor_proto::DataType, NodeProto};
 use rl_passes::pass::{Changed, Pass, PassError};
 use rl_passes::passes::DeadCodeElimination;
 
-use super::ort_nchwc::NCHWC_DOMAIN;
+use super::ort_nchwc::{node, NCHWC_DOMAIN};
 use super::ort_ops::{note, replace_by_own_op, CONV_WEIGHT_GRAD};
 
 pub struct NchwcWeightGrads {
@@ -67,14 +67,14 @@ fn blocked(graph: &mut Graph, value: &str) -> Result<String, PassError> {
         return Ok(n.output[0].clone());
     }
     let name = graph.fresh_name(&format!("{value}/nchwc_blocked"));
-    graph.add_node(NodeProto {
-        op_type: Some("ReorderInput".to_owned()),
-        domain: Some(NCHWC_DOMAIN.to_owned()),
-        name: Some(name.clone()),
-        input: vec![value.to_owned()],
-        output: vec![name.clone()],
-        ..Default::default()
-    })?;
+    graph.add_node(node(
+        "ReorderInput",
+        NCHWC_DOMAIN,
+        name.clone(),
+        vec![value.to_owned()],
+        name.clone(),
+        vec![],
+    ))?;
     Ok(name)
 }
 
