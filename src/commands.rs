@@ -1,4 +1,5 @@
-//! The commands behind the CLI. Each returns the process exit code; errors carry what to do about them.
+//! The commands behind the CLI: rewrite, inspect, diff, zoo, demo, bake. Errors carry what to do about them; the
+//! binary turns results into exit codes.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,7 @@ use rl_passes::ir::Graph;
 use rl_passes::pipeline::{plan_model, rewrite, RewriteOptions};
 
 use crate::engine::{tract::TractEngine, Engine};
-use crate::inputs::{input_shapes, random_inputs};
+use crate::inputs::{input_facts, random_inputs};
 use crate::reference::with_integrated_weights;
 use crate::report::{inspect, rewrite_summary};
 
@@ -32,7 +33,7 @@ pub struct RewriteRequest {
     pub fsync: bool,
 }
 
-pub fn rewrite_command(req: &RewriteRequest) -> Result<i32> {
+pub fn rewrite_command(req: &RewriteRequest) -> Result<()> {
     let loaded = load_model(&req.model)?;
     let output = req
         .output
@@ -46,15 +47,15 @@ pub fn rewrite_command(req: &RewriteRequest) -> Result<i32> {
         if let Some(path) = &req.plan_json {
             write_text(path, &planned.plan.to_json())?;
         }
-        return Ok(0);
+        return Ok(());
     }
     let result =
         rewrite(loaded.model, &req.options).with_context(|| format!("{}", req.model.display()))?;
-    save_model(
-        &result.model,
-        &output,
-        &SaveOptions::like_input(&loaded.external, &result.model),
-    )?;
+    let save = SaveOptions {
+        durable: req.fsync,
+        ..SaveOptions::like_input(&loaded.external, &result.model)
+    };
+    let saved = save_model(&result.model, &output, &save)?;
     if let Some(path) = &req.plan_json {
         write_text(path, &result.plan.to_json())?;
     }
@@ -62,8 +63,16 @@ pub fn rewrite_command(req: &RewriteRequest) -> Result<i32> {
         "{}",
         rewrite_summary(&result.analysis, &result.plan, result.tensors_removed)
     );
-    println!("wrote {}", output.display());
-    Ok(0)
+    println!(
+        "wrote {}{}",
+        output.display(),
+        if saved.durable {
+            " (flushed to disk)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
@@ -71,7 +80,7 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn inspect_command(model: &Path, unit: UnitKind, json: bool) -> Result<i32> {
+pub fn inspect_command(model: &Path, unit: UnitKind, json: bool) -> Result<()> {
     let loaded = load_model(model)?;
     let graph =
         Graph::lift(loaded.model.clone()).with_context(|| format!("{}", model.display()))?;
@@ -83,10 +92,11 @@ pub fn inspect_command(model: &Path, unit: UnitKind, json: bool) -> Result<i32> 
         println!("{}", model.display());
         print!("{report}");
     }
-    Ok(0)
+    Ok(())
 }
 
-pub fn diff_command(a: &Path, b: &Path, json: bool) -> Result<i32> {
+/// `rl-rewrite diff`: prints the diff; whether the models are equal.
+pub fn diff_command(a: &Path, b: &Path, json: bool) -> Result<bool> {
     let (ma, mb) = (load_model(a)?, load_model(b)?);
     let diff = diff_models(&ma.model, &mb.model);
     if json {
@@ -94,7 +104,7 @@ pub fn diff_command(a: &Path, b: &Path, json: bool) -> Result<i32> {
     } else {
         print!("{diff}");
     }
-    Ok(if diff.is_empty() { 0 } else { 1 })
+    Ok(diff.is_empty())
 }
 
 pub struct ZooRequest {
@@ -106,7 +116,7 @@ pub struct ZooRequest {
     pub seed: u64,
 }
 
-pub fn zoo_command(req: &ZooRequest) -> Result<i32> {
+pub fn zoo_command(req: &ZooRequest) -> Result<()> {
     let mut opts = rl_models::ZooOptions::for_model(&req.name)?;
     opts.classes = req.classes.unwrap_or(opts.classes);
     opts.image_size = req.image_size.unwrap_or(opts.image_size);
@@ -129,7 +139,7 @@ pub fn zoo_command(req: &ZooRequest) -> Result<i32> {
         opts.image_size,
         count.learnable
     );
-    Ok(0)
+    Ok(())
 }
 
 /// Largest output difference between two models on the same seeded inputs, computed with tract.
@@ -138,17 +148,18 @@ pub fn tract_max_diff(
     b: &rl_passes::onnx::ModelProto,
     batch: usize,
     seed: u64,
-) -> Result<f32> {
-    let shapes = input_shapes(a, batch);
-    let inputs = random_inputs(&shapes, seed);
-    let ea = TractEngine::new(a, &shapes)?;
-    let eb = TractEngine::new(b, &shapes)?;
+) -> Result<f64> {
+    let facts = input_facts(a, batch)?;
+    let inputs = random_inputs(&facts, seed);
+    let ea = TractEngine::new(a, &facts)?;
+    let eb = TractEngine::new(b, &facts)?;
     let (oa, ob) = (ea.run(&inputs)?, eb.run(&inputs)?);
-    let per_output = crate::execute::compare(&oa, &ob, 0.0)?;
-    Ok(per_output.iter().map(|c| c.max_abs).fold(0.0, f32::max))
+    let per_output = crate::execute::compare_outputs(&oa, &ob, 0.0)?;
+    Ok(per_output.iter().map(|c| c.max_abs).fold(0.0, f64::max))
 }
 
-pub fn demo_command(out_dir: &Path) -> Result<i32> {
+/// `rl-rewrite demo`: zoo, rewrite, plan, diff and an equivalence check; whether the rewrite was exact.
+pub fn demo_command(out_dir: &Path) -> Result<bool> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let original_path = out_dir.join("resnet32.onnx");
@@ -194,10 +205,10 @@ pub fn demo_command(out_dir: &Path) -> Result<i32> {
     println!("max |rewritten − original with θ = 0.5·prev + 0.5·next| = {diff:.3e}");
     if diff > 1e-5 {
         println!("FAILED: the rewrite is not equivalent (tolerance 1e-5)");
-        return Ok(1);
+        return Ok(false);
     }
     println!("OK: equivalent within 1e-5");
-    Ok(0)
+    Ok(true)
 }
 
 /// The plan stored in a rewritten model's metadata.
@@ -211,7 +222,7 @@ pub fn plan_from_metadata(model: &rl_passes::onnx::ModelProto) -> Option<rl_pass
 
 /// `rl-rewrite bake`: folds the integration subgraphs of a rewritten (possibly trained) model into stored
 /// tensors, giving a plain inference model with the original structure.
-pub fn bake_command(model: &Path, output: &Path) -> Result<i32> {
+pub fn bake_command(model: &Path, output: &Path) -> Result<()> {
     use rl_passes::pass::{Changed, Pass};
     let loaded = load_model(model)?;
     let mut graph = Graph::lift(loaded.model).with_context(|| model.display().to_string())?;
@@ -239,5 +250,5 @@ pub fn bake_command(model: &Path, output: &Path) -> Result<i32> {
         before - graph.dag.node_count(),
         output.display()
     );
-    Ok(0)
+    Ok(())
 }

@@ -14,7 +14,7 @@ use rl_passes::pipeline::{rewrite, RewriteOptions};
 use serde_json::json;
 
 use crate::train::metrics::reset_peak_host;
-use crate::train::{plot, train_command, RunSummary, TrainOutcome, TrainRequest, EXIT_INTERRUPTED};
+use crate::train::{plot, train_command, RunSummary, TrainOutcome, TrainRequest};
 
 /// The run folder of one side of the comparison.
 pub fn run_dir(out: &Path, every: Option<usize>) -> PathBuf {
@@ -32,8 +32,17 @@ fn label(every: Option<usize>) -> String {
     }
 }
 
+/// How a comparison ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOutcome {
+    /// Both runs finished; the report is written.
+    Done,
+    /// A run was stopped by the request's `stop` flag, checkpointed; the same command continues it.
+    Interrupted,
+}
+
 /// Trains both sides; `base.every` is the Replacement Learning side's K.
-pub fn compare_command(base: &TrainRequest) -> Result<i32> {
+pub fn compare_command(base: &TrainRequest) -> Result<CompareOutcome> {
     let Some(every) = base.every else {
         bail!("compare needs --every K for its Replacement Learning run");
     };
@@ -88,7 +97,7 @@ pub fn compare_command(base: &TrainRequest) -> Result<i32> {
                     "comparison interrupted during the {} run; give the same command again to continue",
                     label(side)
                 );
-                return Ok(EXIT_INTERRUPTED);
+                return Ok(CompareOutcome::Interrupted);
             }
             Ok(TrainOutcome::Paused) => bail!("the {} run paused unexpectedly", label(side)),
             Err(e) => {
@@ -103,15 +112,15 @@ pub fn compare_command(base: &TrainRequest) -> Result<i32> {
         "data": base.data.to_string(),
         "every": every,
         "epochs": base.epochs,
-        "batch": base.batch,
-        "optimizer": base.optimizer,
+        "batch": base.compile.batch_size,
+        "optimizer": base.compile.optimizer,
         "lr": base.lr,
         "schedule": base.schedule,
         "warmup": base.warmup,
         "augment": base.augment,
-        "label_smoothing": base.label_smoothing,
-        "decay_all": base.decay_all,
-        "detach_neighbours": base.detach_neighbours,
+        "label_smoothing": base.compile.label_smoothing,
+        "decay_all": base.compile.decay_all,
+        "detach_neighbours": base.compile.detach_neighbours,
         "seed": base.seed,
         "engine": format!("{:?}", base.engine),
         "device": format!("{:?}", base.device),
@@ -149,7 +158,7 @@ pub fn compare_command(base: &TrainRequest) -> Result<i32> {
         &[(&bp_label, &bp.epochs), (&rl_label, &rl.epochs)],
     )?;
     println!("\nwrote {} and {}", json_path.display(), svg_path.display());
-    Ok(0)
+    Ok(CompareOutcome::Done)
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {

@@ -9,8 +9,7 @@ use rl_passes::io::load_model;
 use serde::Serialize;
 
 use crate::data::{check_model_shape, open, Batch, DataSpec, Normalization, Split};
-use crate::engine::select::open_engine;
-use crate::engine::{Engine, HostTensor};
+use crate::engine::{open_engine, ElementType, Engine, HostTensor, InputFact};
 use crate::execute::EngineOptions;
 use crate::inputs::input_shapes;
 
@@ -93,13 +92,10 @@ fn pad_to(batch: &Batch, size: usize) -> HostTensor {
     let [n, c, h, w] = batch.shape();
     let mut data = batch.images.clone();
     data.resize(size.max(n) * c * h * w, 0.0);
-    HostTensor {
-        shape: vec![size.max(n), c, h, w],
-        data,
-    }
+    HostTensor::f32(vec![size.max(n), c, h, w], data)
 }
 
-pub fn eval_command(req: &EvalRequest) -> Result<i32> {
+pub fn eval_command(req: &EvalRequest) -> Result<()> {
     if req.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -121,10 +117,13 @@ pub fn eval_command(req: &EvalRequest) -> Result<i32> {
     // A model with a fixed batch dimension runs at that size; symbolic batches run at --batch.
     let batch = dims.first().copied().unwrap_or(req.batch);
     let [c, h, w] = data.image_shape();
-    let shapes = vec![(input.clone(), vec![batch, c, h, w])];
-    let engine: Box<dyn Engine> =
-        open_engine(&model, req.engine.engine, req.engine.device, &shapes)
-            .with_context(|| req.model.display().to_string())?;
+    let facts = [InputFact {
+        name: input.clone(),
+        element_type: ElementType::F32,
+        shape: vec![batch, c, h, w],
+    }];
+    let engine: Box<dyn Engine> = open_engine(&model, req.engine.engine, req.engine.device, &facts)
+        .with_context(|| req.model.display().to_string())?;
     let total = req.limit.unwrap_or(usize::MAX).min(data.len());
     let progress = if req.json || !std::io::stderr().is_terminal() {
         indicatif::ProgressBar::hidden()
@@ -154,13 +153,20 @@ pub fn eval_command(req: &EvalRequest) -> Result<i32> {
         let Some((name, logits)) = outputs.first() else {
             bail!("{} has no output", req.model.display())
         };
-        let classes = match logits.shape.as_slice() {
-            [n, k] if *n == batch => *k,
-            other => {
-                bail!("output '{name}' has shape {other:?}; eval expects [batch, classes] logits")
-            }
+        let (classes, Some(values)) = (
+            match logits.shape.as_slice() {
+                [n, k] if *n == batch => *k,
+                other => {
+                    bail!(
+                        "output '{name}' has shape {other:?}; eval expects [batch, classes] logits"
+                    )
+                }
+            },
+            logits.as_f32(),
+        ) else {
+            bail!("output '{name}' is not float32; eval expects float logits")
         };
-        let (t1, t5) = count_correct(&logits.data[..b.len * classes], classes, &b.labels);
+        let (t1, t5) = count_correct(&values[..b.len * classes], classes, &b.labels);
         top1 += t1;
         top5 += t5;
         seen += b.len;
@@ -190,7 +196,7 @@ pub fn eval_command(req: &EvalRequest) -> Result<i32> {
     } else {
         print!("{report}");
     }
-    Ok(0)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,15 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rl_passes::analysis::units::UnitKind;
 use rl_passes::pipeline::RewriteOptions;
 use rl_passes::training::{Optimizer, TrainOptions};
+use rl_rewrite::compare::CompareOutcome;
 use rl_rewrite::data::{DataSpec, Normalization};
-use rl_rewrite::engine::select::EngineChoice;
-use rl_rewrite::engine::Device;
+use rl_rewrite::engine::{Device, EngineChoice};
 use rl_rewrite::execute::EngineOptions;
+use rl_rewrite::train::{Schedule, TrainOutcome};
 use rl_rewrite::{commands, compare, evaluate, execute, train, train_compile};
 
 /// Rewrites an ONNX model for Replacement Learning: every K-th repeated unit (block or layer) is frozen and its
@@ -190,7 +192,7 @@ enum Command {
         random: u64,
         /// Tolerance.
         #[arg(long, value_name = "T", default_value_t = 1e-5)]
-        tol: f32,
+        tol: f64,
         #[command(flatten)]
         engine: EngineArgs,
         /// Value of symbolic dimensions (the batch) in the inputs.
@@ -297,22 +299,78 @@ enum OptimizerArg {
     Adamw,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    /// ONNX Runtime when its library is found, else the embedded tract engine (with one note on stderr).
+    Auto,
+    /// ONNX Runtime (libonnxruntime loaded at run time; see scripts/setup-ort.sh).
+    Ort,
+    /// The embedded pure-Rust engine (CPU only).
+    Tract,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// CUDA when it works here, else the CPU (with one warning line on stderr).
+    Auto,
+    /// The CPU execution provider only.
+    Cpu,
+    /// The CUDA execution provider; an error when it cannot be used.
+    Cuda,
+}
+
 #[derive(Args, Clone, Copy)]
 struct EngineArgs {
     /// Which engine runs the model.
     #[arg(long, value_enum, default_value = "auto")]
-    engine: EngineChoice,
+    engine: EngineArg,
     /// Where ONNX Runtime runs it (tract runs on the CPU).
     #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
+    device: DeviceArg,
 }
 
 impl EngineArgs {
+    fn engine(self) -> EngineChoice {
+        match self.engine {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Ort => EngineChoice::Ort,
+            EngineArg::Tract => EngineChoice::Tract,
+        }
+    }
+
+    fn device(self) -> Device {
+        match self.device {
+            DeviceArg::Auto => Device::Auto,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
+
     fn with_batch(self, batch: usize) -> EngineOptions {
         EngineOptions {
-            engine: self.engine,
-            device: self.device,
+            engine: self.engine(),
+            device: self.device(),
             batch,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    /// Cosine decay per step from the base rate to 0 at the last step.
+    Cosine,
+    /// ×0.1 at 50 % and again at 75 % of the steps.
+    Step,
+    /// The base rate throughout.
+    Constant,
+}
+
+impl From<ScheduleArg> for Schedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Step => Schedule::Step,
+            ScheduleArg::Constant => Schedule::Constant,
         }
     }
 }
@@ -379,7 +437,7 @@ struct TrainFlags {
     #[arg(long, value_name = "LR", default_value_t = 0.1)]
     lr: f64,
     #[arg(long, value_enum, default_value = "cosine")]
-    schedule: train::Schedule,
+    schedule: ScheduleArg,
     /// Linear warm-up over the first N steps.
     #[arg(long, value_name = "N", default_value_t = 0)]
     warmup: u64,
@@ -396,27 +454,23 @@ struct TrainFlags {
 impl TrainFlags {
     /// The request to train `model` (rewritten with `every`, or BP) into `out`.
     fn request(&self, model: PathBuf, every: Option<usize>, out: PathBuf) -> train::TrainRequest {
-        let compiled = self.compiler.options(self.batch);
         train::TrainRequest {
             model,
             data: self.data.clone(),
             every,
             epochs: self.epochs,
-            batch: self.batch,
-            optimizer: compiled.optimizer,
-            label_smoothing: compiled.label_smoothing,
-            decay_all: compiled.decay_all,
-            detach_neighbours: compiled.detach_neighbours,
+            compile: self.compiler.options(self.batch),
             lr: self.lr,
-            schedule: self.schedule,
+            schedule: self.schedule.into(),
             warmup: self.warmup,
             augment: matches!(self.augment, AugmentArg::CropFlip),
-            engine: self.engine.engine,
-            device: self.engine.device,
+            engine: self.engine.engine(),
+            device: self.engine.device(),
             seed: self.seed,
             out,
             resume: None,
             stop_after: None,
+            stop: &INTERRUPTED,
         }
     }
 }
@@ -449,9 +503,9 @@ fn make_optimizer(
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Inspect { model, unit, json }) => {
-            commands::inspect_command(&model, unit.into(), json)
+            commands::inspect_command(&model, unit.into(), json).map(success)
         }
-        Some(Command::Diff { a, b, json }) => commands::diff_command(&a, &b, json),
+        Some(Command::Diff { a, b, json }) => commands::diff_command(&a, &b, json).map(verdict),
         Some(Command::Zoo {
             name,
             output,
@@ -466,9 +520,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             image_size,
             channels,
             seed,
-        }),
-        Some(Command::Demo { out }) => commands::demo_command(&out),
-        Some(Command::Bake { model, output }) => commands::bake_command(&model, &output),
+        })
+        .map(success),
+        Some(Command::Demo { out }) => commands::demo_command(&out).map(verdict),
+        Some(Command::Bake { model, output }) => {
+            commands::bake_command(&model, &output).map(success)
+        }
         Some(Command::CompileTrain {
             model,
             output,
@@ -482,7 +539,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             eval_output: eval_out,
             manifest,
             options: compiler.options(batch),
-        }),
+        })
+        .map(success),
         Some(Command::Train {
             model,
             every,
@@ -497,14 +555,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 stop_after,
                 ..flags.request(model, every, out)
             };
-            Ok(train::train_command(&req)?.exit_code())
+            catch_ctrl_c();
+            Ok(match train::train_command(&req)? {
+                TrainOutcome::Interrupted => EXIT_INTERRUPTED,
+                TrainOutcome::Finished(_) | TrainOutcome::Paused => 0,
+            })
         }
         Some(Command::Compare {
             model,
             every,
             flags,
             out,
-        }) => compare::compare_command(&flags.request(model, Some(every), out)),
+        }) => {
+            catch_ctrl_c();
+            Ok(
+                match compare::compare_command(&flags.request(model, Some(every), out))? {
+                    CompareOutcome::Interrupted => EXIT_INTERRUPTED,
+                    CompareOutcome::Done => 0,
+                },
+            )
+        }
         Some(Command::Eval {
             model,
             data,
@@ -521,7 +591,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             normalization: normalize,
             engine: engine.with_batch(batch),
             json,
-        }),
+        })
+        .map(success),
         Some(Command::Run {
             model,
             inputs,
@@ -535,7 +606,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             random,
             output.as_deref(),
             &engine.with_batch(batch),
-        ),
+        )
+        .map(success),
         Some(Command::Check {
             a,
             b,
@@ -543,7 +615,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             tol,
             engine,
             batch,
-        }) => execute::check_command(&a, &b, random, tol, &engine.with_batch(batch)),
+        }) => execute::check_command(&a, &b, random, tol, &engine.with_batch(batch)).map(verdict),
         None => {
             let r = cli.rewrite;
             let model = r.model.expect("clap requires MODEL");
@@ -562,7 +634,44 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 dry_run: r.dry_run,
                 fsync: r.fsync,
             })
+            .map(success)
         }
+    }
+}
+
+/// Exit code of a run stopped by Ctrl-C (after its checkpoint was written).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Set by the Ctrl-C handler; training checks it between steps.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// From here on Ctrl-C sets [`INTERRUPTED`] instead of ending the process: training checkpoints and stops.
+fn catch_ctrl_c() {
+    #[cfg(unix)]
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
+
+/// Exit code 0 for a command that has no verdict.
+fn success(_: ()) -> i32 {
+    0
+}
+
+/// Exit code of a command with a verdict (equal, within tolerance, exact): 0 yes, 1 no.
+fn verdict(yes: bool) -> i32 {
+    if yes {
+        0
+    } else {
+        1
     }
 }
 

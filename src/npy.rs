@@ -1,8 +1,8 @@
-//! NumPy `.npy` files (format version 1.0/2.0/3.0): float32 tensors in and out of `rl-rewrite run`.
+//! NumPy `.npy` files (format version 1.0/2.0/3.0): float32 and int64 tensors in and out of `rl-rewrite run`.
 
 use std::path::Path;
 
-use crate::engine::HostTensor;
+use crate::engine::{HostTensor, TensorData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
@@ -14,7 +14,7 @@ pub enum NpyError {
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Serializes a float32 tensor as a version-1.0 `.npy` file.
+/// Serializes a float32 or int64 tensor as a version-1.0 `.npy` file.
 pub fn to_npy(t: &HostTensor) -> Vec<u8> {
     let shape = match t.shape.len() {
         1 => format!("({},)", t.shape[0]),
@@ -27,18 +27,27 @@ pub fn to_npy(t: &HostTensor) -> Vec<u8> {
                 .join(", ")
         ),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let descr = match t.data {
+        TensorData::F32(_) => "<f4",
+        TensorData::I64(_) => "<i8",
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Magic (6) + version (2) + length (2) + header + newline is padded to a multiple of 64.
     let unpadded = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + 4 * t.data.len());
+    let mut out = Vec::with_capacity(10 + header.len() + 8 * t.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in &t.data {
-        out.extend_from_slice(&v.to_le_bytes());
+    match &t.data {
+        TensorData::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     out
 }
@@ -54,7 +63,7 @@ fn field<'h>(header: &'h str, key: &str) -> Option<&'h str> {
     Some(rest[..end].trim())
 }
 
-/// Reads a C-ordered `.npy` array of float32, float64, int64 or int32, converted to float32.
+/// Reads a C-ordered `.npy` array: float32 and float64 as float32, int32 and int64 as int64.
 pub fn read_npy(path: &Path) -> Result<HostTensor, NpyError> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|error| NpyError::Read {
@@ -122,15 +131,29 @@ pub fn parse_npy(bytes: &[u8]) -> Result<HostTensor, String> {
             n * size
         ));
     }
-    let data = payload[..n * size]
-        .chunks_exact(size)
-        .map(|c| match descr {
-            "<f4" => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            "<i4" => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
-            "<f8" => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
-            _ => i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
-        })
-        .collect();
+    let chunks = payload[..n * size].chunks_exact(size);
+    let data = match descr {
+        "<f4" => TensorData::F32(
+            chunks
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        "<f8" => TensorData::F32(
+            chunks
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+        ),
+        "<i4" => TensorData::I64(
+            chunks
+                .map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))))
+                .collect(),
+        ),
+        _ => TensorData::I64(
+            chunks
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+    };
     Ok(HostTensor { shape, data })
 }
 
@@ -140,19 +163,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_alignment() {
-        let t = HostTensor {
-            shape: vec![2, 3],
-            data: vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.5],
-        };
+        let t = HostTensor::f32(vec![2, 3], vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.5]);
         let bytes = to_npy(&t);
         let header_end = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!(header_end % 64, 0);
         assert_eq!(parse_npy(&bytes).unwrap(), t);
-        let v = HostTensor {
-            shape: vec![4],
-            data: vec![1.0; 4],
-        };
+        let v = HostTensor::f32(vec![4], vec![1.0; 4]);
         assert_eq!(parse_npy(&to_npy(&v)).unwrap(), v);
+        let labels = HostTensor::i64(vec![3], vec![7, -1, 1 << 40]);
+        assert_eq!(parse_npy(&to_npy(&labels)).unwrap(), labels);
     }
 
     #[test]
@@ -171,20 +190,14 @@ mod tests {
         }
         assert_eq!(
             parse_npy(&bytes).unwrap(),
-            HostTensor {
-                shape: vec![3],
-                data: vec![0.0, 1.0, 2.0]
-            }
+            HostTensor::i64(vec![3], vec![0, 1, 2])
         );
     }
 
     #[test]
     fn bad_files_are_explained() {
         assert!(parse_npy(b"hello").unwrap_err().contains("bad magic"));
-        let mut t = to_npy(&HostTensor {
-            shape: vec![4],
-            data: vec![0.0; 4],
-        });
+        let mut t = to_npy(&HostTensor::f32(vec![4], vec![0.0; 4]));
         t.truncate(t.len() - 4);
         assert!(parse_npy(&t).unwrap_err().contains("needs 16"));
     }

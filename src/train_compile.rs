@@ -15,7 +15,7 @@ pub struct CompileTrainRequest {
     pub options: TrainOptions,
 }
 
-pub fn compile_train_command(req: &CompileTrainRequest) -> Result<i32> {
+pub fn compile_train_command(req: &CompileTrainRequest) -> Result<()> {
     let loaded = load_model(&req.model)?;
     let compiled = compile_train(&loaded.model, &req.options)
         .with_context(|| req.model.display().to_string())?;
@@ -66,5 +66,5 @@ pub fn compile_train_command(req: &CompileTrainRequest) -> Result<i32> {
     if let Some(path) = &req.eval_output {
         println!("wrote {} ({} nodes)", path.display(), count(&compiled.eval));
     }
-    Ok(0)
+    Ok(())
 }

@@ -153,3 +153,47 @@ fn external_data_stays_external() {
     assert!(!reloaded.external.is_empty());
     common::onnx_check(&[&out]);
 }
+
+/// `--fsync` reaches the writer: the rewritten model and its external data file are flushed (files and folder)
+/// before the command reports them written.
+#[test]
+fn fsync_flushes_the_model_and_its_external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.rl.onnx");
+    let input = common::fixture("exporters/resnet_torchscript_external/model.onnx");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .args([input.to_str().unwrap(), "--every", "2", "--fsync", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("wrote {} (flushed to disk)", out.display())),
+        "{stdout}"
+    );
+    assert!(dir.path().join("model.rl.onnx.data").is_file());
+    assert!(!load_model(&out).unwrap().external.is_empty());
+
+    // The writer itself: both files, data first, each flushed.
+    let loaded = load_model(&input).unwrap();
+    let again = dir.path().join("again.onnx");
+    let saved = save_model(
+        &loaded.model,
+        &again,
+        &SaveOptions {
+            durable: true,
+            ..SaveOptions::like_input(&loaded.external, &loaded.model)
+        },
+    )
+    .unwrap();
+    assert!(saved.durable);
+    assert_eq!(
+        saved.files,
+        vec![dir.path().join("again.onnx.data"), again.clone()]
+    );
+}

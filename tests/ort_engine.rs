@@ -9,10 +9,10 @@ mod common;
 use rl_passes::analysis::units::UnitKind;
 use rl_passes::onnx::ModelProto;
 use rl_passes::pipeline::{rewrite, RewriteOptions};
-use rl_rewrite::engine::ort::{self as ortengine, OrtEngine, OrtOptions};
+use rl_rewrite::engine::ort::{self as ortengine, OrtEngine, OrtSessionBuilder};
 use rl_rewrite::engine::tract::TractEngine;
 use rl_rewrite::engine::{Device, Engine};
-use rl_rewrite::inputs::{input_shapes, random_inputs};
+use rl_rewrite::inputs::{input_facts, random_inputs};
 
 /// Whether ONNX Runtime can be used here. Under CI a missing library is a failure, never a skip; a library that is
 /// found but does not load is always a failure.
@@ -39,10 +39,10 @@ fn cpu(model: &ModelProto) -> OrtEngine {
 }
 
 /// Max abs difference between ORT (CPU) and tract on seeded inputs, checking names and shapes on the way.
-fn ort_vs_tract(label: &str, model: &ModelProto, batch: usize) -> f32 {
-    let shapes = input_shapes(model, batch);
-    let inputs = random_inputs(&shapes, 7);
-    let tract = TractEngine::new(model, &shapes).unwrap_or_else(|e| panic!("{label}: {e}"));
+fn ort_vs_tract(label: &str, model: &ModelProto, batch: usize) -> f64 {
+    let facts = input_facts(model, batch).unwrap();
+    let inputs = random_inputs(&facts, 7);
+    let tract = TractEngine::new(model, &facts).unwrap_or_else(|e| panic!("{label}: {e}"));
     let ort = cpu(model);
     assert!(
         ort.provider().starts_with("CPUExecutionProvider ("),
@@ -63,7 +63,7 @@ fn ort_vs_tract(label: &str, model: &ModelProto, batch: usize) -> f32 {
     let names: Vec<&str> = actual.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, graph_outputs, "{label}: output names");
     assert_eq!(expected.len(), actual.len(), "{label}: output count");
-    let mut diff = 0f32;
+    let mut diff = 0f64;
     for ((en, e), (_, a)) in expected.iter().zip(&actual) {
         let d = e
             .max_abs_diff(a)
@@ -138,13 +138,11 @@ fn provider_counts_add_up_to_the_models_nodes() {
     let rewritten = rewrite(model.clone(), &RewriteOptions::default()).unwrap();
     for (label, m) in [("original", &model), ("rewritten", &rewritten.model)] {
         let (nodes, constants) = node_count(m);
-        let plain = OrtEngine::with_options(
+        let plain = OrtEngine::with_builder(
             m,
-            &OrtOptions {
-                device: Device::Cpu,
-                optimize: false,
-                intra_threads: Some(1),
-            },
+            OrtSessionBuilder::new(Device::Cpu)
+                .optimize(false)
+                .intra_threads(Some(1)),
         )
         .unwrap();
         let counted: usize = plain.placement().iter().map(|(_, n)| n).sum();
@@ -226,123 +224,97 @@ fn cuda_is_used_or_fails_with_the_reason() {
     }
 }
 
+/// `auto` runs on CUDA where the library has its provider and a GPU answers, and on the CPU otherwise; a CPU-only
+/// build always runs on the CPU.
 #[test]
-fn auto_runs_on_the_cpu_without_cuda() {
+fn auto_runs_where_the_build_and_the_machine_allow() {
     if !ort_ready() {
         return;
     }
     let model = common::zoo("resnet20", None, None);
     let engine = OrtEngine::new(&model, Device::Auto).unwrap();
-    if ortengine::cuda_compiled().unwrap() {
-        println!("Auto with a CUDA build: {}", engine.provider());
-        return;
+    let provider = engine.provider();
+    match engine.device() {
+        Device::Cuda => {
+            assert!(ortengine::cuda_compiled().unwrap());
+            assert!(
+                provider.starts_with("CUDAExecutionProvider ("),
+                "{provider}"
+            );
+        }
+        Device::Cpu => assert!(provider.starts_with("CPUExecutionProvider ("), "{provider}"),
+        Device::Auto => panic!("a built engine names the device it runs on"),
     }
-    assert_eq!(engine.device(), Device::Cpu);
-    assert!(
-        engine.provider().starts_with("CPUExecutionProvider ("),
-        "{}",
-        engine.provider()
-    );
-    let shapes = input_shapes(&model, 1);
-    let out = engine.run(&random_inputs(&shapes, 1)).unwrap();
+    if !ortengine::cuda_compiled().unwrap() {
+        assert_eq!(engine.device(), Device::Cpu);
+    }
+    let facts = input_facts(&model, 1).unwrap();
+    let out = engine.run(&random_inputs(&facts, 1)).unwrap();
     assert_eq!(out[0].1.shape, vec![1, 10]);
 }
 
-/// Runs one test of this binary in a child process with extra environment variables.
-fn child(test: &str, envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("RL_ORT_CHILD", test);
+/// `rl-rewrite run MODEL --engine ort` with the given environment.
+fn run_with_env(model: &std::path::Path, envs: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rl-rewrite"));
+    cmd.args([
+        "run",
+        model.to_str().unwrap(),
+        "--engine",
+        "ort",
+        "--device",
+        "cpu",
+    ]);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
-}
-
-fn is_child(test: &str) -> bool {
-    std::env::var("RL_ORT_CHILD").as_deref() == Ok(test)
-}
-
-#[test]
-fn child_auto() {
-    if is_child("child_auto") {
-        let model = common::zoo("resnet20", None, None);
-        let engine = OrtEngine::new(&model, Device::Auto).unwrap();
-        println!("provider: {}", engine.provider());
-    }
-}
-
-#[test]
-fn auto_falls_back_with_one_warning_line() {
-    if !ort_ready() || ortengine::cuda_compiled().unwrap() {
-        return;
-    }
-    let out = child("child_auto", &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "stderr: {stderr}");
-    assert!(
-        lines[0].starts_with("warning: onnxruntime runs on the CPU:") && lines[0].contains("CUDA"),
-        "{}",
-        lines[0]
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("provider: CPUExecutionProvider ("));
-}
-
-#[test]
-fn child_load() {
-    if is_child("child_load") {
-        let model = common::zoo("resnet20", None, None);
-        match OrtEngine::new(&model, Device::Cpu) {
-            Ok(_) => println!("loaded"),
-            Err(e) => println!("error: {e}"),
-        }
-    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn library_errors_name_the_path_and_the_cause() {
     let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    rl_passes::io::save_model(
+        &common::zoo("resnet20", None, None),
+        &model,
+        &Default::default(),
+    )
+    .unwrap();
     let missing = dir.path().join("nowhere/libonnxruntime.so");
-    let out = child(
-        "child_load",
-        &[("ORT_DYLIB_PATH", missing.to_str().unwrap())],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = run_with_env(&model, &[("ORT_DYLIB_PATH", missing.to_str().unwrap())]);
     assert!(
-        stdout.contains(&format!(
-            "error: onnxruntime could not prepare the model: ORT_DYLIB_PATH is `{}`, which is not a file",
+        stderr.contains(&format!(
+            "onnxruntime could not prepare the model: ORT_DYLIB_PATH is `{}`, which is not a file",
             missing.display()
         )),
-        "{stdout}"
+        "{stderr}"
     );
 
     let bogus = dir.path().join("libonnxruntime.so");
     std::fs::write(&bogus, b"not a library").unwrap();
-    let out = child("child_load", &[("ORT_DYLIB_PATH", bogus.to_str().unwrap())]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = run_with_env(&model, &[("ORT_DYLIB_PATH", bogus.to_str().unwrap())]);
     assert!(
-        stdout.contains(&format!(
+        stderr.contains(&format!(
             "could not load the ONNX Runtime library `{}`",
             bogus.display()
-        )) && stdout.contains("dlopen failed: ")
-            && stdout.contains("scripts/setup-ort.sh"),
-        "{stdout}"
+        )) && stderr.contains("dlopen failed: ")
+            && stderr.contains("scripts/setup-ort.sh"),
+        "{stderr}"
     );
 
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = child(
-        "child_load",
+    let stderr = run_with_env(
+        &model,
         &[
             ("ORT_DYLIB_PATH", ""),
             ("RL_ORT_DIR", empty.to_str().unwrap()),
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("holds no onnxruntime library") && stdout.contains("scripts/setup-ort.sh"),
-        "{stdout}"
+        stderr.contains("holds no onnxruntime library") && stderr.contains("scripts/setup-ort.sh"),
+        "{stderr}"
     );
 }

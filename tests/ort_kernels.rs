@@ -3,12 +3,13 @@
 
 mod common;
 
-use ort::session::{Session, SessionInputValue};
+use ort::session::SessionInputValue;
 use ort::value::TensorRef;
-use prost::Message;
 use rl_passes::onnx::tensor_shape_proto::dimension::Value as Dim;
 use rl_passes::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
-use rl_rewrite::engine::ort_ops::{commit_with_own_ops, CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
+use rl_rewrite::engine::ort::OrtSessionBuilder;
+use rl_rewrite::engine::ort_ops::{CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
+use rl_rewrite::engine::Device;
 
 /// A model of one node of this crate's domain reading float inputs `a` and `b` (of the given ranks).
 fn one_node(op: &str, ranks: [usize; 2], attribute: Vec<AttributeProto>) -> ModelProto {
@@ -48,9 +49,11 @@ fn one_node(op: &str, ranks: [usize; 2], attribute: Vec<AttributeProto>) -> Mode
 
 /// Runs `model` on `a` and `b` and returns ONNX Runtime's error.
 fn error(model: &ModelProto, a: (&[usize], &[f32]), b: (&[usize], &[f32])) -> String {
-    let env = rl_rewrite::engine::ort::environment().unwrap();
-    let mut session =
-        commit_with_own_ops(Session::builder(env).unwrap(), &model.encode_to_vec()).unwrap();
+    let mut session = OrtSessionBuilder::new(Device::Cpu)
+        .own_kernels(true)
+        .build(model)
+        .unwrap()
+        .session;
     let inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
         ("a", TensorRef::from_array_view(a).unwrap().into()),
         ("b", TensorRef::from_array_view(b).unwrap().into()),
@@ -111,11 +114,12 @@ fn conv_weight_grad_refuses_unblocked_or_mismatched_activations() {
         [4, 4],
         vec![ints("kernel_shape", &[3, 3])],
     );
-    let env = rl_rewrite::engine::ort::environment().unwrap();
-    let created = commit_with_own_ops(Session::builder(env).unwrap(), &m.encode_to_vec());
+    let created = OrtSessionBuilder::new(Device::Cpu)
+        .own_kernels(true)
+        .build(&m);
     let e = match created {
         Ok(_) => panic!("a ConvWeightGrad without `block` was accepted"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => e.to_string(),
     };
     assert!(e.contains("block"), "{e}");
 }

@@ -649,3 +649,53 @@ fn compare_refuses_a_k_that_freezes_nothing_before_training_anything() {
         "the BP side was trained before the error:\n{t}"
     );
 }
+
+/// The residual MLP as a de-duplicating exporter writes it: the four equal (zero) biases are one stored tensor,
+/// read by each block through an Identity of its own.
+fn residual_mlp_with_shared_biases() -> ModelProto {
+    let mut m = residual_mlp();
+    let g = m.graph.as_mut().unwrap();
+    g.initializer
+        .retain(|t| !(t.name().starts_with("blocks.") && t.name().ends_with(".bias")));
+    g.initializer
+        .push(f32_tensor("zeros", &[WIDTH as i64], &[0.0; WIDTH]));
+    for k in 0..4 {
+        g.node.insert(
+            0,
+            NodeProto {
+                op_type: Some("Identity".into()),
+                name: Some(format!("blocks.{k}.bias.identity")),
+                input: vec!["zeros".into()],
+                output: vec![format!("blocks.{k}.bias")],
+                ..Default::default()
+            },
+        );
+    }
+    m
+}
+
+/// The run summary counts the tensors the rewrite replaced (weight and bias of blocks.1), not the stored tensors it
+/// removed (only the weight: the biases' shared storage is still read by the other blocks).
+#[test]
+fn replaced_tensors_are_counted_where_storage_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("shared.onnx");
+    std::fs::write(&model, residual_mlp_with_shared_biases().encode_to_vec()).unwrap();
+    let plan = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .args([model.to_str().unwrap(), "--every", "2", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&plan).contains("froze 1 units") && text(&plan).contains("(2 replaced by"),
+        "{}",
+        text(&plan)
+    );
+    let out = dir.path().join("run");
+    let o = train(&model, &out, "tract", &["--every", "2", "--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("every 2: 2 tensors replaced by a·prev + b·next"),
+        "{}",
+        text(&o)
+    );
+}

@@ -90,27 +90,36 @@ fn run_tract(
     labels: &[i64],
     label_name: &str,
 ) -> HashMap<String, Vec<f64>> {
+    use rl_rewrite::engine::tract::TractModel;
+    use rl_rewrite::engine::{ElementType, InputFact};
     let g = step.graph.as_ref().unwrap();
-    // The ViT's trained `conv_proj.bias` needs the engine's renaming for tract.
-    let mut renamed = step.clone();
-    rl_rewrite::engine::tract::number_node_names(&mut renamed);
-    let bytes = renamed.encode_to_vec();
-    let mut tm = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
-    let mut ins: TVec<TValue> = tvec![];
-    for (k, i) in g.input.iter().enumerate() {
-        let t = if i.name() == label_name {
-            Tensor::from_shape(&[labels.len()], labels).unwrap()
+    let mut facts = Vec::new();
+    let mut values: HashMap<&str, TValue> = HashMap::new();
+    for i in &g.input {
+        let (t, element_type) = if i.name() == label_name {
+            (
+                Tensor::from_shape(&[labels.len()], labels).unwrap(),
+                ElementType::I64,
+            )
         } else {
             let (_, s, v) = floats.iter().find(|(n, ..)| n == i.name()).unwrap();
-            Tensor::from_shape(s, v).unwrap()
+            (Tensor::from_shape(s, v).unwrap(), ElementType::F32)
         };
-        tm = tm
-            .with_input_fact(k, TypedFact::shape_and_dt_of(&t).into())
-            .unwrap();
-        ins.push(t.into_tvalue());
+        facts.push(InputFact {
+            name: i.name().to_owned(),
+            element_type,
+            shape: t.shape().to_vec(),
+        });
+        values.insert(i.name(), t.into_tvalue());
     }
-    let plan = tm.into_optimized().unwrap().into_runnable().unwrap();
-    let outs = plan.run(ins).unwrap();
+    // The engine's one preparation (the ViT's trained `conv_proj.bias` needs its node renaming).
+    let model = TractModel::prepare(step, &facts).unwrap();
+    let ins: TVec<TValue> = model
+        .inputs()
+        .iter()
+        .map(|n| values[n.as_str()].clone())
+        .collect();
+    let outs = model.run(ins).unwrap();
     g.output
         .iter()
         .zip(outs.iter())
@@ -133,15 +142,14 @@ fn run_ort(
     labels: &[i64],
     label_name: &str,
 ) -> HashMap<String, Vec<f64>> {
-    use ort::session::{Session, SessionInputValue};
+    use ort::session::SessionInputValue;
     use ort::value::TensorRef;
-    // One ONNX Runtime environment per process: the engine's, which the runner tests use too.
-    let env = rl_rewrite::engine::ort::environment().unwrap();
-    let mut session = rl_rewrite::engine::ort_ops::commit_with_own_ops(
-        Session::builder(env).unwrap(),
-        &step.encode_to_vec(),
-    )
-    .unwrap();
+    let mut session =
+        rl_rewrite::engine::ort::OrtSessionBuilder::new(rl_rewrite::engine::Device::Cpu)
+            .own_kernels(true)
+            .build(step)
+            .unwrap()
+            .session;
     let g = step.graph.as_ref().unwrap();
     let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::new();
     let label_shape = [labels.len()];
@@ -366,20 +374,18 @@ fn pytorch_training_mode_export_step_runs_on_ort() {
 /// training runner (the same ONNX Runtime call as on CUDA, where no GPU is at hand), they grow with the batch.
 #[test]
 fn onnx_runtime_reports_the_peak_memory_of_its_allocators() {
-    use rl_rewrite::train::runner::{HostValue, Models, OrtRunner, Runner};
+    use rl_rewrite::engine::HostTensor;
+    use rl_rewrite::train::runner::{Models, OrtRunner, Runner};
     if !common::ort_available() {
         return;
     }
     let model = build_custom_resnet_cifar(3, 4, &OPTS).unwrap();
     let peak = |batch: usize| -> u64 {
         let m = compiled(&model, batch, false);
-        let start: Vec<HostValue> = m
+        let start: Vec<HostTensor> = m
             .initial
             .iter()
-            .map(|t| HostValue {
-                shape: t.dims.iter().map(|&d| d as usize).collect(),
-                data: f32_values(t),
-            })
+            .map(|t| HostTensor::f32(t.dims.iter().map(|&d| d as usize).collect(), f32_values(t)))
             .collect();
         let input_shape = vec![batch, 3, 8, 8];
         let mut runner = OrtRunner::new(

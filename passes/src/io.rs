@@ -354,8 +354,18 @@ pub fn external_data_name(path: &Path) -> String {
 /// External payloads start on page boundaries, as the reference implementation's writer lays them out.
 const EXTERNAL_ALIGNMENT: u64 = 4096;
 
-/// Writes `model` to `path` atomically. Tensors chosen by `opts` go to `<path>.data` (also atomically).
-pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<(), IoError> {
+/// What [`save_model`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// The external data file (when tensors went there), then the model.
+    pub files: Vec<PathBuf>,
+    /// Whether each file and its folder entry were flushed to disk ([`SaveOptions::durable`]).
+    pub durable: bool,
+}
+
+/// Writes `model` to `path` atomically. Tensors chosen by `opts` go to `<path>.data` (also atomically), which is
+/// in place before the model that refers to it.
+pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<Saved, IoError> {
     let wanted: std::collections::HashSet<&str> =
         opts.external.iter().map(String::as_str).collect();
     let is_external = |t: &TensorProto| {
@@ -383,8 +393,10 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
         ];
         payloads.push((offset, data));
     });
+    let mut files = Vec::new();
     if !payloads.is_empty() {
-        write_atomically(&parent_dir(path).join(&data_name), opts.durable, |w| {
+        let data_path = parent_dir(path).join(&data_name);
+        write_atomically(&data_path, opts.durable, |w| {
             let mut written = 0u64;
             for (offset, data) in &payloads {
                 w.write_all(&vec![0u8; (offset - written) as usize])?;
@@ -393,8 +405,14 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
             }
             Ok(())
         })?;
+        files.push(data_path);
     }
-    write_atomically(path, opts.durable, |w| encode_streaming(&model, w))
+    write_atomically(path, opts.durable, |w| encode_streaming(&model, w))?;
+    files.push(path.to_owned());
+    Ok(Saved {
+        files,
+        durable: opts.durable,
+    })
 }
 
 /// The folder a file is written in (`.` for a bare file name).
@@ -405,7 +423,9 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Runs `write` against a temporary file in `path`'s folder and renames it to `path` once it succeeded.
+/// Runs `write` against a temporary file in `path`'s folder and renames it to `path` once it succeeded. When
+/// `durable`, the file is flushed to disk before the rename and the folder after it, so that the new name
+/// survives a power loss too.
 pub fn write_atomically(
     path: &Path,
     durable: bool,
@@ -421,7 +441,24 @@ pub fn write_atomically(
     let tmp = out.into_inner().map_err(|e| werr(e.into_error()))?;
     finish(&tmp, durable).map_err(werr)?;
     tmp.persist(path).map_err(|e| werr(e.error))?;
+    if durable {
+        sync_folder(&parent_dir(path)).map_err(werr)?;
+    }
     Ok(())
+}
+
+/// Flushes a folder's entries (a rename into it) to disk.
+fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    // Elsewhere a folder cannot be opened as a file; the rename is as durable as the platform makes it.
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// Gives a finished temporary file the permissions of an ordinary new file (temporary files are created

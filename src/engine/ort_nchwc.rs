@@ -231,7 +231,6 @@ pub fn block_size() -> Option<usize> {
 }
 
 fn probe_block_size() -> Result<Option<usize>, String> {
-    use prost::Message;
     use rl_passes::onnx::GraphProto;
     use rl_passes::tensor::value_info;
 
@@ -271,11 +270,10 @@ fn probe_block_size() -> Result<Option<usize>, String> {
         }),
         ..Default::default()
     };
-    let env = crate::engine::ort::environment().map_err(|e| e.to_string())?;
-    let mut session = ort::session::Session::builder(env)
+    let mut session = crate::engine::ort::OrtSessionBuilder::new(crate::engine::Device::Cpu)
+        .build(&model)
         .map_err(|e| e.to_string())?
-        .commit_from_memory(&model.encode_to_vec())
-        .map_err(|e| e.to_string())?;
+        .session;
     let x = ort::value::Tensor::from_array(([1usize, 4, 1, 1], vec![0f32; 4]))
         .map_err(|e| e.to_string())?;
     let outputs = session

@@ -1,21 +1,35 @@
-//! The embedded engine: tract-onnx, optimized and planned once, then run as often as needed.
+//! The embedded engine: tract-onnx. [`TractModel::prepare`] is the one way a model reaches tract (the node
+//! renaming and the shape annotations it cannot take are handled there), whether it is then run on host tensors
+//! ([`TractEngine`]) or driven value by value by the training runner.
 
 use prost::Message;
 use rl_passes::onnx::{type_proto::Value as Type, ModelProto};
 use tract_onnx::prelude::*;
 
-use super::{Engine, EngineError, HostTensor};
+use super::{ElementType, Engine, EngineError, HostTensor, InputFact, TensorData};
 
-pub struct TractEngine {
-    plan: std::sync::Arc<TypedSimplePlan>,
-    input_names: Vec<String>,
-    output_names: Vec<String>,
+pub const ENGINE: &str = "tract";
+
+fn prepare_error(message: String) -> EngineError {
+    EngineError::Prepare {
+        engine: ENGINE,
+        message,
+    }
 }
 
-/// Gives every node a numbered name (`n{k}/{name}`). tract 0.23 names a node it adds while translating a Conv
-/// with a non-constant bias `{conv}.bias`, which clashes with a graph input of that name (a trained
-/// `conv_proj.bias` beside node `conv_proj`, in a training-step model); node names carry no meaning in ONNX.
-pub fn number_node_names(model: &mut ModelProto) {
+fn run_error(message: String) -> EngineError {
+    EngineError::Run {
+        engine: ENGINE,
+        message,
+    }
+}
+
+/// Gives every node a numbered name (`n{k}/{name}`). tract 0.23 names nodes it adds while translating after the
+/// node they come from (`{conv}.bias` for a Conv with a non-constant bias, `{node}.{k}` for casts it inserts),
+/// which can clash with a value or node of that name already in the model (a trained `conv_proj.bias` beside
+/// node `conv_proj`, `train/Equal` beside `train/Equal.5` in a training-step model); node names carry no
+/// meaning in ONNX.
+fn number_node_names(model: &mut ModelProto) {
     if let Some(g) = &mut model.graph {
         for (k, n) in g.node.iter_mut().enumerate() {
             n.name = Some(format!("n{k}/{}", n.name()));
@@ -36,20 +50,41 @@ fn use_all_cores() {
     });
 }
 
-impl TractEngine {
-    /// Prepares `model` for inputs of the given shapes (in graph-input order, data inputs only).
-    pub fn new(
+fn inference_fact(fact: &InputFact) -> InferenceFact {
+    match fact.element_type {
+        ElementType::F32 => f32::fact(&fact.shape).into(),
+        ElementType::I64 => i64::fact(&fact.shape).into(),
+    }
+}
+
+/// A model optimized and planned by tract for fixed input facts; inputs and outputs by name, in the order the
+/// plan takes and gives them.
+pub struct TractModel {
+    plan: Arc<TypedSimplePlan>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl TractModel {
+    /// Prepares `model` for the given inputs. Every input tract sees (graph inputs without a stored default)
+    /// needs a fact. Random ops (training-mode Dropout) draw afresh on every run.
+    pub fn prepare(model: &ModelProto, facts: &[InputFact]) -> Result<TractModel, EngineError> {
+        Self::prepare_with_seed(model, facts, None)
+    }
+
+    /// As [`TractModel::prepare`], with random ops drawing the same numbers on every run when `seed` is given.
+    pub fn prepare_with_seed(
         model: &ModelProto,
-        input_shapes: &[(String, Vec<usize>)],
-    ) -> Result<TractEngine, EngineError> {
+        facts: &[InputFact],
+        seed: Option<u64>,
+    ) -> Result<TractModel, EngineError> {
         use_all_cores();
-        let prep = |e: TractError| EngineError::Prepare {
-            engine: "tract",
-            message: format!("{e:#}"),
-        };
+        let prep = |e: TractError| prepare_error(format!("{e:#}"));
+        let mut model = model.clone();
+        number_node_names(&mut model);
+        super::tract_dropout::lower_training_dropout(&mut model, seed);
         // Symbolic dims in intermediate shape annotations (dynamo exports) clash with the concrete input facts
         // tract is given; it infers every shape itself, so they are dropped.
-        let mut model = model.clone();
         if let Some(g) = &mut model.graph {
             g.value_info.clear();
             for o in &mut g.output {
@@ -59,51 +94,98 @@ impl TractEngine {
                 }
             }
         }
+        // tract names outlets after their nodes; the graph's own output names are what callers know.
+        let outputs: Vec<String> = model
+            .graph
+            .as_ref()
+            .map(|g| g.output.iter().map(|o| o.name().to_owned()).collect())
+            .unwrap_or_default();
         let bytes = model.encode_to_vec();
         let mut m = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())
             .map_err(prep)?;
-        let graph_inputs: Vec<String> = m
+        let inputs: Vec<String> = m
             .input_outlets()
             .map_err(prep)?
             .iter()
             .map(|o| m.node(o.node).name.clone())
             .collect();
-        let mut input_names = Vec::new();
-        for (k, name) in graph_inputs.iter().enumerate() {
-            let Some((_, shape)) = input_shapes.iter().find(|(n, _)| n == name) else {
-                return Err(EngineError::Prepare {
-                    engine: "tract",
-                    message: format!("no shape given for input '{name}'"),
-                });
-            };
-            m = m
-                .with_input_fact(k, f32::fact(shape).into())
-                .map_err(prep)?;
-            input_names.push(name.clone());
+        for (k, name) in inputs.iter().enumerate() {
+            let fact = facts.iter().find(|f| &f.name == name).ok_or_else(|| {
+                prepare_error(format!("no type and shape given for input '{name}'"))
+            })?;
+            m = m.with_input_fact(k, inference_fact(fact)).map_err(prep)?;
         }
-        // tract names outlets after their nodes; the graph's own output names are what callers know.
-        let output_names: Vec<String> = model
-            .graph
-            .as_ref()
-            .map(|g| g.output.iter().map(|o| o.name().to_owned()).collect())
-            .unwrap_or_default();
         let plan = m
             .into_optimized()
             .map_err(prep)?
             .into_runnable()
             .map_err(prep)?;
-        Ok(TractEngine {
+        Ok(TractModel {
             plan,
-            input_names,
-            output_names,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// The inputs the plan takes, in order.
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// The graph's output names, in the order [`TractModel::run`] returns them.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, EngineError> {
+        self.plan
+            .run(inputs)
+            .map_err(|e| run_error(format!("{e:#}")))
+    }
+}
+
+/// A host tensor as a tract value.
+pub fn to_tract(t: &HostTensor) -> TractResult<TValue> {
+    let tensor = match &t.data {
+        TensorData::F32(v) => Tensor::from_shape(&t.shape, v)?,
+        TensorData::I64(v) => Tensor::from_shape(&t.shape, v)?,
+    };
+    Ok(tensor.into_tvalue())
+}
+
+/// A tract value as a host tensor: floats as float32, integers (and tract's symbolic dims, which a shape
+/// computation may leave as an output's type) as int64.
+pub fn to_host(v: &TValue) -> TractResult<HostTensor> {
+    let shape = v.shape().to_vec();
+    if v.datum_type().is_float() {
+        let t = v.cast_to::<f32>()?;
+        let values = t.to_plain_array_view::<f32>()?.iter().copied().collect();
+        return Ok(HostTensor::f32(shape, values));
+    }
+    let t = v.cast_to::<i64>()?;
+    let values = t.to_plain_array_view::<i64>()?.iter().copied().collect();
+    Ok(HostTensor::i64(shape, values))
+}
+
+/// A model prepared by tract, run on host tensors.
+pub struct TractEngine {
+    model: TractModel,
+}
+
+impl TractEngine {
+    /// Prepares `model` for data inputs of the given types and shapes. Random ops draw the same numbers on every
+    /// run, in every engine prepared here, so that runs repeat and two models can be compared.
+    pub fn new(model: &ModelProto, inputs: &[InputFact]) -> Result<TractEngine, EngineError> {
+        Ok(TractEngine {
+            model: TractModel::prepare_with_seed(model, inputs, Some(0))?,
         })
     }
 }
 
 impl Engine for TractEngine {
     fn name(&self) -> &'static str {
-        "tract"
+        ENGINE
     }
 
     fn provider(&self) -> String {
@@ -114,33 +196,21 @@ impl Engine for TractEngine {
         &self,
         inputs: &[(String, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>, EngineError> {
-        let fail = |e: TractError| EngineError::Run {
-            engine: "tract",
-            message: format!("{e:#}"),
-        };
+        let fail = |e: TractError| run_error(format!("{e:#}"));
         let mut values = TVec::new();
-        for name in &self.input_names {
+        for name in self.model.inputs() {
             let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
-                return Err(EngineError::Run {
-                    engine: "tract",
-                    message: format!("input '{name}' not given"),
-                });
+                return Err(run_error(format!("input '{name}' not given")));
             };
-            let tensor = Tensor::from_shape(&t.shape, &t.data).map_err(fail)?;
-            values.push(tensor.into_tvalue());
+            t.check_size(name).map_err(run_error)?;
+            values.push(to_tract(t).map_err(fail)?);
         }
-        let outputs = self.plan.run(values).map_err(fail)?;
-        let mut result = Vec::new();
-        for (name, value) in self.output_names.iter().zip(outputs) {
-            let view = value.to_plain_array_view::<f32>().map_err(fail)?;
-            result.push((
-                name.clone(),
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data: view.iter().copied().collect(),
-                },
-            ));
-        }
-        Ok(result)
+        let outputs = self.model.run(values)?;
+        self.model
+            .outputs()
+            .iter()
+            .zip(outputs)
+            .map(|(name, value)| Ok((name.clone(), to_host(&value).map_err(fail)?)))
+            .collect()
     }
 }

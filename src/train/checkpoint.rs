@@ -15,7 +15,7 @@ use rl_passes::onnx::{GraphProto, ModelProto, StringStringEntryProto};
 use rl_passes::tensor::{f32_tensor, f32_values};
 use serde::{Deserialize, Serialize};
 
-use super::runner::HostValue;
+use crate::engine::HostTensor;
 
 /// Metadata key of the progress JSON in `state.onnx`.
 pub const PROGRESS_KEY: &str = "rl_rewrite.train.progress";
@@ -40,17 +40,20 @@ pub fn save(
     dir: &Path,
     forward: &ModelProto,
     names: &[String],
-    values: &[HostValue],
+    values: &[HostTensor],
     progress: &Progress,
 ) -> Result<()> {
-    let tensors: Vec<_> = names
+    let tensors = names
         .iter()
         .zip(values)
         .map(|(n, v)| {
             let dims: Vec<i64> = v.shape.iter().map(|&d| d as i64).collect();
-            f32_tensor(n, &dims, &v.data)
+            let data = v
+                .as_f32()
+                .ok_or_else(|| anyhow!("the trained tensor '{n}' is not float32"))?;
+            Ok(f32_tensor(n, &dims, data))
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let mut model = forward.clone();
     if let Some(g) = model.graph.as_mut() {
         for init in &mut g.initializer {
@@ -82,7 +85,7 @@ pub fn save(
 }
 
 /// Reads `dir/state.onnx`: the progress and the values of `names` (with their expected shapes).
-pub fn load(dir: &Path, names: &[(String, Vec<usize>)]) -> Result<(Progress, Vec<HostValue>)> {
+pub fn load(dir: &Path, names: &[(String, Vec<usize>)]) -> Result<(Progress, Vec<HostTensor>)> {
     let path = dir.join("state.onnx");
     let model = load_model(&path)
         .with_context(|| format!("no checkpoint to resume from in {}", dir.display()))?
@@ -113,7 +116,7 @@ pub fn load(dir: &Path, names: &[(String, Vec<usize>)]) -> Result<(Progress, Vec
         }
         let data = f32_values(t)
             .ok_or_else(|| anyhow!("{}: tensor '{name}' is not float32", path.display()))?;
-        values.push(HostValue { shape: got, data });
+        values.push(HostTensor::f32(got, data));
     }
     Ok((progress, values))
 }

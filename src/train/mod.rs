@@ -1,6 +1,6 @@
 //! `rl-rewrite train`: rewrites a classifier (`--every K`) or keeps it (`--bp`), compiles its training-step and
 //! eval models ([`rl_passes::training::compile_train`]) and drives them on a dataset, with seeded shuffling and
-//! augmentation, a learning-rate schedule, per-epoch metrics and checkpoints, `--resume`, Ctrl-C and NaN
+//! augmentation, a learning-rate schedule, per-epoch metrics and checkpoints, `--resume`, interruption and NaN
 //! handling.
 //!
 //! Reproducibility: every random draw is a function of `(seed, epoch, step)` ([`schedule`]), and a checkpoint
@@ -23,20 +23,18 @@ use rl_passes::io::load_model;
 use rl_passes::onnx::{tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto};
 use rl_passes::pipeline::{rewrite, RewriteOptions};
 use rl_passes::tensor::f32_values;
-use rl_passes::training::{compile_train, ManifestTensor, Optimizer, TrainOptions};
+use rl_passes::training::{
+    compile_train, ManifestTensor, TrainManifest, TrainOptions, TrainingModels,
+};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::data::{self, check_model_shape, DataSpec, Dataset, Split};
-use crate::engine::select::EngineChoice;
-use crate::engine::Device;
+use crate::engine::{Device, EngineChoice, HostTensor};
 use checkpoint::Progress;
 use metrics::EpochMetrics;
-use runner::{HostValue, Models, Runner};
+use runner::{Models, Runner};
 pub use schedule::Schedule;
-
-/// Exit code of a run stopped by Ctrl-C (after its checkpoint was written).
-pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// What a training run is and what it reached: the figures `compare` sets side by side.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,18 +90,8 @@ pub enum TrainOutcome {
     Finished(RunSummary),
     /// Stopped after `--stop-after` epochs, checkpointed.
     Paused,
-    /// Stopped by Ctrl-C, checkpointed.
+    /// Stopped by the request's `stop` flag (Ctrl-C in the binary), checkpointed.
     Interrupted,
-}
-
-impl TrainOutcome {
-    /// The process exit code of this outcome.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            TrainOutcome::Interrupted => EXIT_INTERRUPTED,
-            _ => 0,
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -113,13 +101,8 @@ pub struct TrainRequest {
     /// `Some(K)`: rewrite with every K-th unit frozen; `None`: train the model as it is (BP).
     pub every: Option<usize>,
     pub epochs: usize,
-    pub batch: usize,
-    pub optimizer: Optimizer,
-    pub label_smoothing: f64,
-    /// Weight decay on every parameter (a, b, biases and norm parameters included).
-    pub decay_all: bool,
-    /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
-    pub detach_neighbours: bool,
+    /// How the step is compiled: batch size, optimizer, regularization, gradient routing.
+    pub compile: TrainOptions,
     pub lr: f64,
     pub schedule: Schedule,
     pub warmup: u64,
@@ -129,26 +112,11 @@ pub struct TrainRequest {
     pub seed: u64,
     pub out: PathBuf,
     pub resume: Option<PathBuf>,
-    /// Stop (with a checkpoint, exit 0) after this many epochs of this invocation: an interruption on purpose.
+    /// Stop (with a checkpoint) after this many epochs of this invocation: an interruption on purpose.
     pub stop_after: Option<usize>,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C sets a flag that the loop checks between steps.
-fn catch_ctrl_c() {
-    #[cfg(unix)]
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
+    /// Checked between steps: once set, the run writes a checkpoint and ends as [`TrainOutcome::Interrupted`].
+    /// The binary sets it from its Ctrl-C handler.
+    pub stop: &'static AtomicBool,
 }
 
 /// The fixed shape of the step model's input `name`.
@@ -219,72 +187,38 @@ fn evaluate(runner: &mut dyn Runner, test: &mut dyn Dataset, batch: usize) -> Re
     Ok((loss / n, correct as f64 / n))
 }
 
-pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
-    if req.epochs == 0 || req.batch == 0 {
-        bail!("--epochs and --batch must be at least 1");
-    }
+/// The model that trains: the rewrite (`--every K`) or the model as it is, and how many parameter tensors the
+/// rewrite replaced by integration subgraphs.
+fn forward_model(req: &TrainRequest) -> Result<(ModelProto, usize)> {
     let loaded = load_model(&req.model)?;
-    let mut tensors_replaced = 0;
-    let forward = match req.every {
-        Some(every) => {
-            let r = rewrite(
-                loaded.model,
-                &RewriteOptions {
-                    every,
-                    ..RewriteOptions::default()
-                },
-            )
-            .with_context(|| req.model.display().to_string())?;
-            println!(
-                "Replacement Learning: every {every}: {} tensors replaced by a·prev + b·next",
-                r.tensors_removed
-            );
-            tensors_replaced = r.tensors_removed;
-            r.model
-        }
-        None => loaded.model,
+    let Some(every) = req.every else {
+        return Ok((loaded.model, 0));
     };
-    let mut train = data::open(&req.data, Split::Train)?;
-    let mut test = data::open(&req.data, Split::Test)?;
-    let compiled = compile_train(
-        &forward,
-        &TrainOptions {
-            batch_size: req.batch,
-            optimizer: req.optimizer,
-            label_smoothing: req.label_smoothing,
-            detach_neighbours: req.detach_neighbours,
-            decay_all: req.decay_all,
+    let r = rewrite(
+        loaded.model,
+        &RewriteOptions {
+            every,
+            ..RewriteOptions::default()
         },
     )
     .with_context(|| req.model.display().to_string())?;
-    let manifest = &compiled.manifest;
-    let shape = input_shape(&compiled.step, &manifest.input)?;
-    check_model_shape(train.image_shape(), &shape)?;
-    let steps_per_epoch = train.len() / req.batch;
-    if steps_per_epoch == 0 {
-        bail!(
-            "the training split has {} images, fewer than one batch of {}",
-            train.len(),
-            req.batch
-        );
-    }
-    let total_steps = steps_per_epoch as u64 * req.epochs as u64;
-    let carried: Vec<(String, Vec<usize>)> = manifest
-        .params
-        .iter()
-        .chain(&manifest.state)
-        .map(|t| (t.name.clone(), t.shape.clone()))
-        .collect();
-    let names: Vec<String> = carried.iter().map(|(n, _)| n.clone()).collect();
-    let mut settings = json!({
+    // Replaced tensors, not removed initializers: they differ where a replaced tensor shared its storage.
+    let replaced = r.plan.replaced_tensor_count();
+    println!("Replacement Learning: every {every}: {replaced} tensors replaced by a·prev + b·next");
+    Ok((r.model, replaced))
+}
+
+/// The settings a resumed run must share with the checkpoint.
+fn settings_of(req: &TrainRequest, manifest: &TrainManifest) -> serde_json::Value {
+    json!({
         "model": req.model.display().to_string(),
         "data": req.data.to_string(),
         "every": req.every,
-        "batch": req.batch,
+        "batch": req.compile.batch_size,
         "optimizer": manifest.optimizer,
-        "label_smoothing": req.label_smoothing,
-        "decay_all": req.decay_all,
-        "detach_neighbours": req.detach_neighbours,
+        "label_smoothing": req.compile.label_smoothing,
+        "decay_all": req.compile.decay_all,
+        "detach_neighbours": req.compile.detach_neighbours,
         "lr": req.lr,
         "schedule": req.schedule,
         "warmup": req.warmup,
@@ -292,111 +226,113 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
         "seed": req.seed,
         "engine": format!("{:?}", req.engine),
         "device": format!("{:?}", req.device),
-    });
+    })
+}
 
-    let (mut progress, start, mut rows) = match &req.resume {
-        Some(dir) => {
-            let (p, values) = checkpoint::load(dir, &carried)?;
-            let rows = metrics::read(dir)?;
-            println!(
-                "resuming {} at epoch {}, step {} of it ({} steps done)",
-                dir.display(),
-                p.epoch + 1,
-                p.step_in_epoch,
-                p.global_step
-            );
-            (p, values, rows)
-        }
-        None => {
-            let values = compiled
-                .initial
-                .iter()
-                .map(|t| {
-                    Ok(HostValue {
-                        shape: t.dims.iter().map(|&d| d as usize).collect(),
-                        data: f32_values(t).ok_or_else(|| {
-                            anyhow!("'{}' is not float32; only float32 models train", t.name())
-                        })?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let p = Progress {
-                epoch: 0,
-                step_in_epoch: 0,
-                global_step: 0,
-                partial: (0.0, 0, 0),
-                settings: settings.clone(),
-            };
-            (p, values, Vec::new())
-        }
-    };
-    std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
-    let first_values = req.resume.is_none().then(|| start.clone());
-
-    let mut runner = runner::open(
-        Models {
-            step: &compiled.step,
-            eval: &compiled.eval,
-            manifest,
-            input_shape: shape.clone(),
-            start,
-        },
-        req.engine,
-        req.device,
-    )?;
-    // Bit-for-bit continuation needs the same engine and provider, whatever `auto` chose.
-    settings["engine_used"] = json!(runner.describe());
-    match (&req.resume, first_values) {
-        (Some(dir), _) if progress.settings != settings => bail!(
-            "{} was trained with other settings; resume with the same model, data, flags and engine \
-             (--epochs and --out may differ)\n  checkpoint: {}\n  now:        {}",
+/// Where the run starts: the checkpoint of `--resume` (progress, values, metrics so far), or the compiled
+/// initial values at step 0.
+fn start_or_resume(
+    req: &TrainRequest,
+    compiled: &TrainingModels,
+    carried: &[(String, Vec<usize>)],
+    settings: &serde_json::Value,
+) -> Result<(Progress, Vec<HostTensor>, Vec<EpochMetrics>)> {
+    if let Some(dir) = &req.resume {
+        let (p, values) = checkpoint::load(dir, carried)?;
+        let rows = metrics::read(dir)?;
+        println!(
+            "resuming {} at epoch {}, step {} of it ({} steps done)",
             dir.display(),
-            progress.settings,
-            settings
-        ),
-        (None, Some(values)) => {
-            progress.settings = settings.clone();
-            // The epoch-0 checkpoint: what a run that fails in its first epoch leaves behind.
-            checkpoint::save(&req.out, &forward, &names, &values, &progress)?;
-        }
-        _ => {}
+            p.epoch + 1,
+            p.step_in_epoch,
+            p.global_step
+        );
+        return Ok((p, values, rows));
     }
-    let values_in = |tensors: &[ManifestTensor]| -> usize {
-        tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<usize>())
-            .sum()
+    let values = compiled
+        .initial
+        .iter()
+        .map(|t| {
+            let data = f32_values(t).ok_or_else(|| {
+                anyhow!("'{}' is not float32; only float32 models train", t.name())
+            })?;
+            Ok(HostTensor::f32(
+                t.dims.iter().map(|&d| d as usize).collect(),
+                data,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let p = Progress {
+        epoch: 0,
+        step_in_epoch: 0,
+        global_step: 0,
+        partial: (0.0, 0, 0),
+        settings: settings.clone(),
     };
-    let learnable = values_in(&manifest.params);
-    let state_values = values_in(manifest.optimizer_state());
-    // Every carried tensor is float32 (checked above when the initial values were read).
-    let state_bytes = 4 * state_values;
-    let running_values = values_in(manifest.running_statistics());
-    println!(
-        "training {} on {} ({} train / {} test images): {} learnable values in {} tensors, {} optimizer-state \
-         values, {} running statistics, {}, batch {}, {} steps per epoch, engine {}",
-        req.model.display(),
-        req.data,
-        train.len(),
-        test.len(),
-        learnable,
-        manifest.params.len(),
-        state_values,
-        running_values,
-        manifest.optimizer,
-        req.batch,
-        steps_per_epoch,
-        runner.describe()
-    );
-    catch_ctrl_c();
+    Ok((p, values, Vec::new()))
+}
 
-    let image_shape = train.image_shape();
-    let il = train.image_len();
-    let mut epochs_this_run = 0;
-    while progress.epoch < req.epochs {
+/// Sizes of what a run learns and carries, for the banner and the summary.
+struct StateSizes {
+    learnable: usize,
+    optimizer_state: usize,
+    running_statistics: usize,
+}
+
+impl StateSizes {
+    fn of(manifest: &TrainManifest) -> StateSizes {
+        let values_in = |tensors: &[ManifestTensor]| -> usize {
+            tensors
+                .iter()
+                .map(|t| t.shape.iter().product::<usize>())
+                .sum()
+        };
+        StateSizes {
+            learnable: values_in(&manifest.params),
+            optimizer_state: values_in(manifest.optimizer_state()),
+            running_statistics: values_in(manifest.running_statistics()),
+        }
+    }
+}
+
+/// What stays fixed while epochs run.
+struct Trainer<'a> {
+    req: &'a TrainRequest,
+    forward: &'a ModelProto,
+    /// Names of the carried tensors (parameters, then state), in manifest order.
+    names: Vec<String>,
+    steps_per_epoch: usize,
+    total_steps: u64,
+}
+
+/// How an epoch's steps ended.
+enum EpochEnd {
+    /// All steps taken: the epoch's wall time and images.
+    Done {
+        seconds: f64,
+        images: usize,
+        lr: f64,
+    },
+    /// Stopped by the request's flag; the checkpoint is written.
+    Interrupted,
+}
+
+impl Trainer<'_> {
+    fn batch(&self) -> usize {
+        self.req.compile.batch_size
+    }
+
+    /// The steps of the current epoch, from `progress.step_in_epoch` on.
+    fn run_steps(
+        &self,
+        runner: &mut dyn Runner,
+        train: &mut dyn Dataset,
+        progress: &mut Progress,
+    ) -> Result<EpochEnd> {
+        let (req, batch) = (self.req, self.batch());
         let epoch = progress.epoch;
         let order = schedule::epoch_order(req.seed, epoch, train.len());
-        let bar = ProgressBar::new(steps_per_epoch as u64);
+        let bar = ProgressBar::new(self.steps_per_epoch as u64);
         bar.set_style(
             ProgressStyle::with_template(
                 "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
@@ -407,13 +343,13 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
         bar.set_prefix(format!("{}/{}", epoch + 1, req.epochs));
         bar.set_position(progress.step_in_epoch as u64);
         let started = Instant::now();
-        let mut images_this_run = 0usize;
+        let mut images = 0usize;
         let mut lr = req.lr;
-        for s in progress.step_in_epoch..steps_per_epoch {
-            if INTERRUPTED.load(Ordering::SeqCst) {
+        for s in progress.step_in_epoch..self.steps_per_epoch {
+            if req.stop.load(Ordering::SeqCst) {
                 bar.abandon();
                 let values = runner.values()?;
-                checkpoint::save(&req.out, &forward, &names, &values, &progress)?;
+                checkpoint::save(&req.out, self.forward, &self.names, &values, progress)?;
                 eprintln!(
                     "interrupted: checkpoint written to {} at epoch {}, step {} of it; continue with --resume {}",
                     req.out.display(),
@@ -421,24 +357,18 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
                     s,
                     req.out.display()
                 );
-                return Ok(TrainOutcome::Interrupted);
+                return Ok(EpochEnd::Interrupted);
             }
-            let mut b = train.gather(&order[s * req.batch..(s + 1) * req.batch])?;
+            let mut b = train.gather(&order[s * batch..(s + 1) * batch])?;
             if req.augment {
-                schedule::crop_flip(
-                    &mut b.images,
-                    image_shape,
-                    req.seed,
-                    epoch,
-                    progress.global_step,
-                );
+                let shape = train.image_shape();
+                schedule::crop_flip(&mut b.images, shape, req.seed, epoch, progress.global_step);
             }
-            debug_assert_eq!(b.images.len(), req.batch * il);
             lr = schedule::learning_rate(
                 req.schedule,
                 req.lr,
                 progress.global_step,
-                total_steps,
+                self.total_steps,
                 req.warmup,
             );
             let (loss, correct) = runner.step(&b.images, &b.labels, lr as f32)?;
@@ -457,32 +387,46 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
             }
             progress.global_step += 1;
             progress.step_in_epoch = s + 1;
-            progress.partial.0 += loss as f64 * req.batch as f64;
+            progress.partial.0 += loss as f64 * batch as f64;
             progress.partial.1 += correct;
-            progress.partial.2 += req.batch;
-            images_this_run += req.batch;
+            progress.partial.2 += batch;
+            images += batch;
             let (l, c, n) = progress.partial;
             bar.set_message(format!(
                 "loss {:.4} acc {:.2}% {:.0} img/s",
                 l / n as f64,
                 100.0 * c as f64 / n as f64,
-                images_this_run as f64 / started.elapsed().as_secs_f64()
+                images as f64 / started.elapsed().as_secs_f64()
             ));
             bar.inc(1);
         }
-        let epoch_time = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (test_loss, test_acc) = evaluate(runner.as_mut(), test.as_mut(), req.batch)?;
+        Ok(EpochEnd::Done {
+            seconds: started.elapsed().as_secs_f64(),
+            images,
+            lr,
+        })
+    }
+
+    /// The metrics row of the epoch just trained (test split evaluated now).
+    fn epoch_row(
+        &self,
+        runner: &mut dyn Runner,
+        test: &mut dyn Dataset,
+        progress: &Progress,
+        (seconds, images, lr): (f64, usize, f64),
+    ) -> Result<EpochMetrics> {
+        let (test_loss, test_acc) = evaluate(runner, test, self.batch())?;
         let (l, c, n) = progress.partial;
         let row = EpochMetrics {
-            epoch: epoch + 1,
+            epoch: progress.epoch + 1,
             train_loss: l / n.max(1) as f64,
             train_acc: c as f64 / n.max(1) as f64,
             test_loss,
             test_acc,
             lr,
-            epoch_time_s: epoch_time,
-            images_per_s: images_this_run as f64 / epoch_time.max(1e-9),
+            epoch_time_s: seconds,
+            images_per_s: images as f64 / seconds.max(1e-9),
             peak_host_mib: metrics::peak_host_mib(),
             peak_device_mib: runner
                 .device_peak_bytes()
@@ -492,7 +436,7 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
             "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | lr {:.3e} | {:.2} s, {:.0} img/s, \
              peak {:.0} MiB{}",
             row.epoch,
-            req.epochs,
+            self.req.epochs,
             row.train_loss,
             100.0 * row.train_acc,
             row.test_loss,
@@ -504,16 +448,130 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
             row.peak_device_mib
                 .map_or_else(String::new, |m| format!(", device peak {m:.0} MiB"))
         );
-        rows.retain(|r| r.epoch <= epoch);
+        Ok(row)
+    }
+
+    /// Records a finished epoch: progress, checkpoint, metrics and curves.
+    fn end_epoch(
+        &self,
+        runner: &dyn Runner,
+        progress: &mut Progress,
+        rows: &mut Vec<EpochMetrics>,
+        row: EpochMetrics,
+    ) -> Result<()> {
+        rows.retain(|r| r.epoch <= progress.epoch);
         rows.push(row);
         progress.epoch += 1;
         progress.step_in_epoch = 0;
         progress.partial = (0.0, 0, 0);
         let values = runner.values()?;
-        checkpoint::save(&req.out, &forward, &names, &values, &progress)?;
-        metrics::write(&req.out, &rows)?;
-        let title = plot::curves_title(&req.model, req.every);
-        plot::write_curves(&req.out.join("curves.svg"), &title, &rows)?;
+        let out = &self.req.out;
+        checkpoint::save(out, self.forward, &self.names, &values, progress)?;
+        metrics::write(out, rows)?;
+        let title = plot::curves_title(&self.req.model, self.req.every);
+        plot::write_curves(&out.join("curves.svg"), &title, rows)?;
+        Ok(())
+    }
+}
+
+pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
+    if req.epochs == 0 || req.compile.batch_size == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    let batch = req.compile.batch_size;
+    let (forward, tensors_replaced) = forward_model(req)?;
+    let mut train = data::open(&req.data, Split::Train)?;
+    let mut test = data::open(&req.data, Split::Test)?;
+    let compiled =
+        compile_train(&forward, &req.compile).with_context(|| req.model.display().to_string())?;
+    let manifest = &compiled.manifest;
+    let shape = input_shape(&compiled.step, &manifest.input)?;
+    check_model_shape(train.image_shape(), &shape)?;
+    let steps_per_epoch = train.len() / batch;
+    if steps_per_epoch == 0 {
+        bail!(
+            "the training split has {} images, fewer than one batch of {batch}",
+            train.len(),
+        );
+    }
+    let carried: Vec<(String, Vec<usize>)> = manifest
+        .params
+        .iter()
+        .chain(&manifest.state)
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let mut settings = settings_of(req, manifest);
+    let (mut progress, start, mut rows) = start_or_resume(req, &compiled, &carried, &settings)?;
+    std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
+    let first_values = req.resume.is_none().then(|| start.clone());
+    let mut runner = runner::open(
+        Models {
+            step: &compiled.step,
+            eval: &compiled.eval,
+            manifest,
+            input_shape: shape.clone(),
+            start,
+        },
+        req.engine,
+        req.device,
+    )?;
+    let trainer = Trainer {
+        req,
+        forward: &forward,
+        names: carried.into_iter().map(|(n, _)| n).collect(),
+        steps_per_epoch,
+        total_steps: steps_per_epoch as u64 * req.epochs as u64,
+    };
+    // Bit-for-bit continuation needs the same engine and provider, whatever `auto` chose.
+    settings["engine_used"] = json!(runner.describe());
+    match (&req.resume, first_values) {
+        (Some(dir), _) if progress.settings != settings => bail!(
+            "{} was trained with other settings; resume with the same model, data, flags and engine \
+             (--epochs and --out may differ)\n  checkpoint: {}\n  now:        {}",
+            dir.display(),
+            progress.settings,
+            settings
+        ),
+        (None, Some(values)) => {
+            progress.settings = settings.clone();
+            // The epoch-0 checkpoint: what a run that fails in its first epoch leaves behind.
+            checkpoint::save(&req.out, &forward, &trainer.names, &values, &progress)?;
+        }
+        _ => {}
+    }
+    let sizes = StateSizes::of(manifest);
+    println!(
+        "training {} on {} ({} train / {} test images): {} learnable values in {} tensors, {} optimizer-state \
+         values, {} running statistics, {}, batch {batch}, {steps_per_epoch} steps per epoch, engine {}",
+        req.model.display(),
+        req.data,
+        train.len(),
+        test.len(),
+        sizes.learnable,
+        manifest.params.len(),
+        sizes.optimizer_state,
+        sizes.running_statistics,
+        manifest.optimizer,
+        runner.describe()
+    );
+    let mut epochs_this_run = 0;
+    while progress.epoch < req.epochs {
+        let (seconds, images, lr) =
+            match trainer.run_steps(runner.as_mut(), train.as_mut(), &mut progress)? {
+                EpochEnd::Interrupted => return Ok(TrainOutcome::Interrupted),
+                EpochEnd::Done {
+                    seconds,
+                    images,
+                    lr,
+                } => (seconds, images, lr),
+            };
+        let row = trainer.epoch_row(
+            runner.as_mut(),
+            test.as_mut(),
+            &progress,
+            (seconds, images, lr),
+        )?;
+        trainer.end_epoch(runner.as_ref(), &mut progress, &mut rows, row)?;
         epochs_this_run += 1;
         if req.stop_after == Some(epochs_this_run) && progress.epoch < req.epochs {
             println!(
@@ -534,10 +592,11 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
         every: req.every,
         tensors_replaced,
         learnable_tensors: manifest.params.len(),
-        learnable_values: learnable,
-        optimizer_state_values: state_values,
-        optimizer_state_bytes: state_bytes,
-        running_stat_values: running_values,
+        learnable_values: sizes.learnable,
+        optimizer_state_values: sizes.optimizer_state,
+        // Every carried tensor is float32 (checked when the initial values were read).
+        optimizer_state_bytes: 4 * sizes.optimizer_state,
+        running_stat_values: sizes.running_statistics,
         engine: runner.describe(),
         epochs: rows,
     }))

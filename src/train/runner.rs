@@ -10,24 +10,17 @@
 //! - **tract**: the state lives in tract values (`TValue`, reference counted); outputs are moved into the next
 //!   step's inputs the same way.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorValueType};
-use prost::Message;
-use rl_passes::onnx::{type_proto::Value as Type, ModelProto};
+use rl_passes::onnx::ModelProto;
 use rl_passes::training::TrainManifest;
 use tract_onnx::prelude::*;
 
-use crate::engine::select::EngineChoice;
-use crate::engine::Device;
-
-/// A tensor on the host: shape and float32 values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostValue {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
+use crate::engine::ort::OrtSessionBuilder;
+use crate::engine::tract::TractModel;
+use crate::engine::{resolve, Backend, Device, ElementType, EngineChoice, HostTensor, InputFact};
 
 /// Drives a compiled step model and its eval model.
 pub trait Runner {
@@ -39,7 +32,7 @@ pub trait Runner {
     /// parameters.
     fn logits(&mut self, images: &[f32], labels: &[i64]) -> Result<Vec<f32>>;
     /// Host copies of the parameters and the optimizer state, in manifest order.
-    fn values(&self) -> Result<Vec<HostValue>>;
+    fn values(&self) -> Result<Vec<HostTensor>>;
     /// Peak bytes the engine has held on the accelerator so far (`None` when it runs on the host).
     fn device_peak_bytes(&self) -> Option<u64> {
         None
@@ -54,7 +47,7 @@ pub struct Models<'a> {
     /// Shape of the batch input, batch dimension included.
     pub input_shape: Vec<usize>,
     /// Starting values of the parameters then the state, in manifest order.
-    pub start: Vec<HostValue>,
+    pub start: Vec<HostTensor>,
 }
 
 impl Models<'_> {
@@ -68,25 +61,12 @@ impl Models<'_> {
     }
 }
 
-/// Opens the chosen engine (`auto`: ONNX Runtime when its library is found, else tract).
+/// Opens the engine that `choice` and `device` resolve to ([`resolve`]).
 pub fn open(models: Models<'_>, choice: EngineChoice, device: Device) -> Result<Box<dyn Runner>> {
-    match choice {
-        EngineChoice::Ort => Ok(Box::new(OrtRunner::new(models, device)?)),
-        EngineChoice::Tract => {
-            if device == Device::Cuda {
-                bail!("tract runs on the CPU only; use --engine ort --device cuda for the GPU");
-            }
-            Ok(Box::new(TractRunner::new(models)?))
-        }
-        EngineChoice::Auto => match crate::engine::ort::find_library() {
-            Ok(_) => Ok(Box::new(OrtRunner::new(models, device)?)),
-            Err(e) if device == Device::Cuda => Err(e.into()),
-            Err(e) => {
-                eprintln!("note: {e}; training with the embedded tract engine");
-                Ok(Box::new(TractRunner::new(models)?))
-            }
-        },
-    }
+    Ok(match resolve(choice, device)? {
+        Backend::Ort(device) => Box::new(OrtRunner::new(models, device)?),
+        Backend::Tract => Box::new(TractRunner::new(models)?),
+    })
 }
 
 pub struct OrtRunner {
@@ -112,81 +92,24 @@ pub struct OrtRunner {
     provider: &'static str,
 }
 
-fn ort_session(model: &ModelProto, cuda: bool) -> Result<Session> {
-    if cuda {
-        return commit_session(model, true);
-    }
-    // The CPU-only kernels are a speed-up only: a model the lowering cannot analyse, or whose lowered form ONNX
-    // Runtime refuses, runs as compiled.
-    let lowered = crate::engine::ort_cpu::lower_for_cpu(model).unwrap_or_else(|e| {
-        eprintln!("warning: the model runs without ONNX Runtime's CPU-specific kernels: {e:#}");
-        None
-    });
-    if let Some(lowered) = lowered {
-        match commit_session(&lowered, false) {
-            Ok(session) => return Ok(session),
-            Err(e) => eprintln!(
-                "warning: the model runs without ONNX Runtime's CPU-specific kernels: its lowered form was \
-                 refused: {e:#}"
-            ),
-        }
-    }
-    commit_session(model, false)
-}
-
-fn commit_session(model: &ModelProto, cuda: bool) -> Result<Session> {
-    let env = crate::engine::ort::environment()?;
-    // Without ONNX Runtime's memory pattern a resnet32 step at batch 128 peaks at about half the host memory
-    // (626 instead of 1188 MiB) for a step time within the noise of a shared 2-core machine.
-    let builder = Session::builder(env)
-        .map_err(|e| anyhow!("{e}"))?
-        .with_memory_pattern(false)
-        .map_err(|e| anyhow!("{e}"))?;
-    let bytes = model.encode_to_vec();
-    let session = if cuda {
-        builder
-            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
-            .map_err(|e| anyhow!("the CUDA execution provider could not be registered: {e}"))?
-            .commit_from_memory(&bytes)
-            .map_err(anyhow::Error::from)
-    } else {
-        crate::engine::ort_ops::commit_with_own_ops(builder, &bytes)
-    };
-    session.map_err(|e| anyhow!("ONNX Runtime could not create a session: {e:#}"))
-}
-
 fn ort_err(e: ort::Error) -> anyhow::Error {
     anyhow!("onnxruntime: {e}")
 }
 
 impl OrtRunner {
     pub fn new(models: Models<'_>, device: Device) -> Result<OrtRunner> {
-        let (step, eval, cuda) = match device {
-            Device::Cpu => (
-                ort_session(models.step, false)?,
-                ort_session(models.eval, false)?,
-                false,
-            ),
-            Device::Cuda => (
-                ort_session(models.step, true)?,
-                ort_session(models.eval, true)?,
-                true,
-            ),
-            Device::Auto => match ort_session(models.step, true) {
-                Ok(s) => (s, ort_session(models.eval, true)?, true),
-                Err(e) => {
-                    eprintln!(
-                        "warning: onnxruntime trains on the CPU: {}",
-                        e.to_string().replace('\n', " ")
-                    );
-                    (
-                        ort_session(models.step, false)?,
-                        ort_session(models.eval, false)?,
-                        false,
-                    )
-                }
-            },
+        // Training sessions keep ONNX Runtime's memory pattern off: a resnet32 step at batch 128 then peaks at
+        // about half the host memory (626 instead of 1188 MiB) for a step time within the noise of a shared
+        // 2-core machine. The eval model goes where the step model went.
+        let sessions = |device| {
+            OrtSessionBuilder::new(device)
+                .memory_pattern(false)
+                .lower_for_cpu(true)
         };
+        let step = sessions(device).build(models.step)?;
+        let eval = sessions(step.device).build(models.eval)?;
+        let cuda = step.device == Device::Cuda;
+        let (step, eval) = (step.session, eval.session);
         let logits = eval
             .outputs()
             .first()
@@ -194,8 +117,11 @@ impl OrtRunner {
             .ok_or_else(|| anyhow!("the eval model has no output"))?;
         let mut values = Vec::new();
         for v in &models.start {
+            let data = v
+                .as_f32()
+                .ok_or_else(|| anyhow!("a carried value is not float32"))?;
             values.push(
-                OrtTensor::from_array((v.shape.clone(), v.data.clone()))
+                OrtTensor::from_array((v.shape.clone(), data.to_vec()))
                     .map_err(ort_err)?
                     .into_dyn(),
             );
@@ -305,10 +231,9 @@ impl OrtRunner {
 }
 
 /// Host copy of a float32 tensor, from wherever it lives.
-fn to_host(v: &DynValue) -> Result<HostValue> {
-    let host = |shape: &[i64], data: &[f32]| HostValue {
-        shape: shape.iter().map(|&d| d as usize).collect(),
-        data: data.to_vec(),
+fn to_host(v: &DynValue) -> Result<HostTensor> {
+    let host = |shape: &[i64], data: &[f32]| {
+        HostTensor::f32(shape.iter().map(|&d| d as usize).collect(), data.to_vec())
     };
     if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
         return Ok(host(shape, data));
@@ -416,67 +341,17 @@ impl Runner for OrtRunner {
         Ok(data.to_vec())
     }
 
-    fn values(&self) -> Result<Vec<HostValue>> {
+    fn values(&self) -> Result<Vec<HostTensor>> {
         self.values.iter().map(to_host).collect()
     }
 }
 
-/// A model planned by tract for fixed input facts; inputs and outputs by name.
-struct TractPlan {
-    plan: std::sync::Arc<TypedSimplePlan>,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-}
-
-fn tract_plan(
-    model: &ModelProto,
-    facts: &dyn Fn(&str) -> Option<InferenceFact>,
-) -> Result<TractPlan> {
-    let mut model = model.clone();
-    crate::engine::tract::number_node_names(&mut model);
-    if let Some(g) = &mut model.graph {
-        g.value_info.clear();
-        for o in &mut g.output {
-            if let Some(Type::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-                t.shape = None;
-            }
-        }
-    }
-    let outputs = model
-        .graph
-        .as_ref()
-        .map(|g| g.output.iter().map(|o| o.name().to_owned()).collect())
-        .unwrap_or_default();
-    let bytes = model.encode_to_vec();
-    let mut m = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
-        .map_err(|e| anyhow!("tract could not read the model: {e:#}"))?;
-    let names: Vec<String> = m
-        .input_outlets()?
-        .iter()
-        .map(|o| m.node(o.node).name.clone())
-        .collect();
-    for (k, name) in names.iter().enumerate() {
-        let fact = facts(name).ok_or_else(|| anyhow!("no shape known for input '{name}'"))?;
-        m = m.with_input_fact(k, fact)?;
-    }
-    let plan = m
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| anyhow!("tract could not prepare the model: {e:#}"))?;
-    Ok(TractPlan {
-        plan,
-        inputs: names,
-        outputs,
-    })
-}
-
 pub struct TractRunner {
-    step: TractPlan,
+    step: TractModel,
     /// The eval model as compiled; tract needs BatchNormalization parameters to be constants, so it is planned
     /// with the current parameters and running statistics stored in it, again after each training step.
     eval_model: ModelProto,
-    eval: Option<TractPlan>,
+    eval: Option<TractModel>,
     carried: Vec<(String, String)>,
     values: Vec<TValue>,
     input: String,
@@ -490,34 +365,23 @@ pub struct TractRunner {
 impl TractRunner {
     pub fn new(models: Models<'_>) -> Result<TractRunner> {
         let m = models.manifest;
-        let batch = models.input_shape[0];
         let carried = models.carried();
-        let shapes: Vec<(String, Vec<usize>)> = m
-            .params
-            .iter()
-            .chain(&m.state)
-            .map(|t| (t.name.clone(), t.shape.clone()))
-            .collect();
-        let facts = |name: &str| -> Option<InferenceFact> {
-            if name == m.input {
-                Some(f32::fact(&models.input_shape).into())
-            } else if name == m.labels {
-                Some(i64::fact([batch]).into())
-            } else if name == m.lr {
-                Some(f32::fact([0usize; 0]).into())
-            } else {
-                shapes
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, s)| f32::fact(s).into())
-            }
+        let fact = |name: &str, element_type, shape: &[usize]| InputFact {
+            name: name.to_owned(),
+            element_type,
+            shape: shape.to_vec(),
         };
-        let step = tract_plan(models.step, &facts).context("the step model")?;
+        let mut facts = batch_facts(&m.input, &m.labels, &models.input_shape);
+        facts.push(fact(&m.lr, ElementType::F32, &[]));
+        for t in m.params.iter().chain(&m.state) {
+            facts.push(fact(&t.name, ElementType::F32, &t.shape));
+        }
+        let step = TractModel::prepare(models.step, &facts).context("the step model")?;
         let eval_model = models.eval.clone();
         let values = models
             .start
             .iter()
-            .map(|v| Ok(Tensor::from_shape(&v.shape, &v.data)?.into_tvalue()))
+            .map(crate::engine::tract::to_tract)
             .collect::<TractResult<Vec<_>>>()?;
         Ok(TractRunner {
             step,
@@ -535,7 +399,7 @@ impl TractRunner {
     }
 
     /// The eval model with the current parameters and running statistics as its stored tensors.
-    fn plan_eval(&self) -> Result<TractPlan> {
+    fn plan_eval(&self) -> Result<TractModel> {
         let mut eval = self.eval_model.clone();
         if let Some(g) = eval.graph.as_mut() {
             for t in g.initializer.iter_mut() {
@@ -547,29 +411,20 @@ impl TractRunner {
                 }
             }
         }
-        let batch = self.input_shape[0];
-        let facts = |name: &str| -> Option<InferenceFact> {
-            if name == self.input {
-                Some(f32::fact(&self.input_shape).into())
-            } else if name == self.labels {
-                Some(i64::fact([batch]).into())
-            } else {
-                None
-            }
-        };
-        tract_plan(&eval, &facts).context("the eval model")
+        let facts = batch_facts(&self.input, &self.labels, &self.input_shape);
+        TractModel::prepare(&eval, &facts).context("the eval model")
     }
 
     fn feed(
         &self,
-        plan: &TractPlan,
+        plan: &TractModel,
         images: &[f32],
         labels: &[i64],
         lr: Option<f32>,
         carried: usize,
     ) -> Result<TVec<TValue>> {
         let mut inputs = TVec::new();
-        for name in &plan.inputs {
+        for name in plan.inputs() {
             let v = if *name == self.input {
                 Tensor::from_shape(&self.input_shape, images)?.into_tvalue()
             } else if *name == self.labels {
@@ -597,16 +452,12 @@ impl Runner for TractRunner {
 
     fn step(&mut self, images: &[f32], labels: &[i64], lr: f32) -> Result<(f32, i64)> {
         let inputs = self.feed(&self.step, images, labels, Some(lr), self.carried.len())?;
-        let out = self
-            .step
-            .plan
-            .run(inputs)
-            .map_err(|e| anyhow!("tract failed to run the step model: {e:#}"))?;
+        let out = self.step.run(inputs).context("the step model")?;
         let mut out: Vec<Option<TValue>> = out.into_iter().map(Some).collect();
         let mut take = |name: &str| -> Result<TValue> {
             let k = self
                 .step
-                .outputs
+                .outputs()
                 .iter()
                 .position(|n| n == name)
                 .ok_or_else(|| anyhow!("the step model has no output '{name}'"))?;
@@ -631,10 +482,7 @@ impl Runner for TractRunner {
         }
         let eval = self.eval.as_ref().expect("planned above");
         let inputs = self.feed(eval, images, labels, None, self.carried.len())?;
-        let out = eval
-            .plan
-            .run(inputs)
-            .map_err(|e| anyhow!("tract failed to run the eval model: {e:#}"))?;
+        let out = eval.run(inputs).context("the eval model")?;
         let logits = out
             .first()
             .ok_or_else(|| anyhow!("the eval model has no output"))?;
@@ -645,16 +493,26 @@ impl Runner for TractRunner {
             .collect())
     }
 
-    fn values(&self) -> Result<Vec<HostValue>> {
+    fn values(&self) -> Result<Vec<HostTensor>> {
         self.values
             .iter()
-            .map(|v| {
-                let view = v.to_plain_array_view::<f32>()?;
-                Ok(HostValue {
-                    shape: view.shape().to_vec(),
-                    data: view.iter().copied().collect(),
-                })
-            })
+            .map(crate::engine::tract::to_host)
             .collect()
     }
+}
+
+/// The facts of the batch inputs: the images and their int64 labels.
+fn batch_facts(input: &str, labels: &str, input_shape: &[usize]) -> Vec<InputFact> {
+    vec![
+        InputFact {
+            name: input.to_owned(),
+            element_type: ElementType::F32,
+            shape: input_shape.to_vec(),
+        },
+        InputFact {
+            name: labels.to_owned(),
+            element_type: ElementType::I64,
+            shape: vec![input_shape[0]],
+        },
+    ]
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How the learning rate changes over the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Cosine decay per step from the base rate to 0 at the last step.
