@@ -16,9 +16,11 @@ while [[ $# -gt 0 ]]; do
         *) workdir="$1"; shift ;;
     esac
 done
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rl-rewrite-target}"
+# The checkout's build folder, as for `cargo run` and scripts/test.sh.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
 cargo build --quiet --bin rl-rewrite
-bin="$CARGO_TARGET_DIR/debug/rl-rewrite"
+bin="$target_dir/debug/rl-rewrite"
 if [[ -z "${ORT_DYLIB_PATH:-}${RL_ORT_DIR:-}" ]] && ! compgen -G ".ort/libonnxruntime.so*" >/dev/null; then
     bash scripts/setup-ort.sh
 fi

@@ -34,9 +34,11 @@ if [[ -z "$torch_python" ]] || ! "$torch_python" -c "import torch, onnx" 2>/dev/
     echo "error: no Python with torch and onnx (give --torch-python PY or TORCH_PYTHON); see the header of $0" >&2
     exit 2
 fi
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rl-rewrite-target}"
+# The checkout's build folder, as for `cargo run` and scripts/test.sh.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
 cargo build --release --quiet --bin rl-rewrite
-bin="$CARGO_TARGET_DIR/release/rl-rewrite"
+bin="$target_dir/release/rl-rewrite"
 if [[ -z "${ORT_DYLIB_PATH:-}${RL_ORT_DIR:-}" ]] && ! compgen -G ".ort/libonnxruntime.so*" >/dev/null; then
     bash scripts/setup-ort.sh
 fi

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 batch="${1:-128}"
 repeats="${2:-5}"
 py="${RL_PYTHON:-$HOME/.cache/rl-rewrite/test-venv/bin/python}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rl-rewrite-target}"
+# The checkout's build folder, as for `cargo run` and scripts/test.sh.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
 cargo build --quiet --bin rl-rewrite
-bin="$CARGO_TARGET_DIR/debug/rl-rewrite"
+bin="$target_dir/debug/rl-rewrite"
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 "$bin" zoo resnet32 -o "$dir/r32.onnx" >/dev/null

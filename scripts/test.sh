@@ -24,5 +24,4 @@ if [[ -z "${ORT_DYLIB_PATH:-}" && -z "${RL_ORT_DIR:-}" ]]; then
         export RL_ORT_DIR="$PWD/.ort"
     fi
 fi
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rl-rewrite-target}"
 cargo test --workspace "$@"
