@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod autodiff;
+pub mod contract;
 pub mod diff;
 pub mod io;
 pub mod ir;
