@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rl_passes::analysis::units::{discover_units, UnitKind};
 use rl_passes::contract;
-use rl_passes::diff::diff_models;
+use rl_passes::graph_diff::diff_models;
 use rl_passes::io::{load_model, save_model, write_atomically, SaveOptions};
 use rl_passes::ir::Graph;
 use rl_passes::pipeline::{plan_model, rewrite, RewriteOptions};

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use rl_passes::contract::{parse_integration_node, parse_scalar_name};
-use rl_passes::diff::diff_models;
+use rl_passes::graph_diff::diff_models;
 use rl_passes::io::load_model;
 
 fn cli(args: &[&str]) -> std::process::Output {

@@ -3,7 +3,7 @@
 pub mod analysis;
 pub mod autodiff;
 pub mod contract;
-pub mod diff;
+pub mod graph_diff;
 pub mod io;
 pub mod ir;
 pub mod onnx;
