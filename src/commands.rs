@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rl_passes::analysis::units::{discover_units, UnitKind};
-use rl_passes::diff::diff_models;
+use rl_passes::contract;
+use rl_passes::graph_diff::diff_models;
 use rl_passes::io::{load_model, save_model, write_atomically, SaveOptions};
 use rl_passes::ir::Graph;
 use rl_passes::pipeline::{plan_model, rewrite, RewriteOptions};
@@ -194,7 +195,8 @@ pub fn demo_command(out_dir: &Path) -> Result<bool> {
     println!("\n== 5. equivalence with tract (seeded random inputs, batch 4)");
     let original = load_model(&original_path)?.model;
     let rewritten = load_model(&rewritten_path)?.model;
-    let plan = plan_from_metadata(&rewritten).context("the rewritten model carries no plan")?;
+    let plan =
+        contract::require_plan(&rewritten).with_context(|| rewritten_path.display().to_string())?;
     let reference = with_integrated_weights(
         &original,
         &plan,
@@ -209,15 +211,6 @@ pub fn demo_command(out_dir: &Path) -> Result<bool> {
     }
     println!("OK: equivalent within 1e-5");
     Ok(true)
-}
-
-/// The plan stored in a rewritten model's metadata.
-pub fn plan_from_metadata(model: &rl_passes::onnx::ModelProto) -> Option<rl_passes::plan::Plan> {
-    let entry = model
-        .metadata_props
-        .iter()
-        .find(|e| e.key() == rl_passes::plan::PLAN_KEY)?;
-    serde_json::from_str(entry.value()).ok()
 }
 
 /// `rl-rewrite bake`: folds the integration subgraphs of a rewritten (possibly trained) model into stored
@@ -236,7 +229,7 @@ pub fn bake_command(model: &Path, output: &Path) -> Result<()> {
         anyhow::bail!(
             "{} carries no Replacement Learning plan (metadata '{}'): nothing to bake",
             model.display(),
-            rl_passes::plan::PLAN_KEY
+            contract::PLAN_KEY
         );
     }
     let baked = graph.lower()?;

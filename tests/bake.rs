@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-use rl_passes::diff::diff_models;
+use rl_passes::contract::{parse_integration_node, parse_scalar_name};
+use rl_passes::graph_diff::diff_models;
 use rl_passes::io::load_model;
 
 fn cli(args: &[&str]) -> std::process::Output {
@@ -77,8 +78,14 @@ fn baked_model_equals_the_rewritten_one_and_has_the_original_structure() {
         .unwrap()
         .model;
     let g = baked.graph.as_ref().unwrap();
-    assert!(g.node.iter().all(|n| !n.name().contains("/rl_")));
-    assert!(g.initializer.iter().all(|t| !t.name().contains(".rl_")));
+    assert!(g
+        .node
+        .iter()
+        .all(|n| parse_integration_node(n.name()).is_none()));
+    assert!(g
+        .initializer
+        .iter()
+        .all(|t| parse_scalar_name(t.name()).is_none()));
     let diff = diff_models(&original, &baked);
     assert!(
         diff.nodes.added.is_empty()

@@ -42,8 +42,7 @@ fn three_models(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::pat
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let plan =
-        rl_rewrite::commands::plan_from_metadata(&load_model(&rewritten).unwrap().model).unwrap();
+    let plan = rl_passes::contract::require_plan(&load_model(&rewritten).unwrap().model).unwrap();
     let prev =
         with_integrated_weights(&load_model(&original).unwrap().model, &plan, 1.0, 0.0).unwrap();
     save_model(&prev, &reference, &SaveOptions::default()).unwrap();

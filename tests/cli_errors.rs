@@ -637,7 +637,7 @@ fn default_output_is_beside_model_and_model_is_unchanged() {
         written
             .metadata_props
             .iter()
-            .any(|e| e.key() == rl_passes::plan::PLAN_KEY),
+            .any(|e| e.key() == rl_passes::contract::PLAN_KEY),
         "the output carries its plan"
     );
 }

@@ -143,6 +143,12 @@ fn compile_train_writes_step_eval_and_manifest_for_a_rewrite() {
         let step = rl_passes::io::load_model(&dir.path().join("step.onnx"))
             .unwrap()
             .model;
+        let stored = rl_passes::contract::require_manifest(&step).unwrap();
+        assert_eq!(
+            serde_json::to_value(&stored).unwrap(),
+            manifest,
+            "the step model carries the manifest --manifest wrote"
+        );
         let outputs: Vec<&str> = step
             .graph
             .as_ref()

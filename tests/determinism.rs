@@ -83,7 +83,7 @@ fn assert_plan_matches_metadata(out: &Path, plan: &Path) {
     let stored = m
         .metadata_props
         .iter()
-        .find(|e| e.key() == rl_passes::plan::PLAN_KEY)
+        .find(|e| e.key() == rl_passes::contract::PLAN_KEY)
         .expect("the output carries its plan");
     let file = String::from_utf8(read(plan)).expect("plan JSON is UTF-8");
     let a: serde_json::Value = serde_json::from_str(stored.value()).expect("stored plan is JSON");

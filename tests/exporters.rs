@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 
+use rl_passes::contract::{parse_integration_node, IntegrationNode};
 use rl_passes::io::{load_model, save_model, SaveOptions};
 use rl_passes::pipeline::{rewrite, RewriteOptions};
 use rl_rewrite::commands::tract_max_diff;
@@ -125,7 +126,12 @@ fn torchscript_training_mode_resnet() {
     let integrated: Vec<&str> = g
         .node
         .iter()
-        .filter(|n| n.name().ends_with("/rl_add"))
+        .filter(|n| {
+            matches!(
+                parse_integration_node(n.name()),
+                Some((_, IntegrationNode::Add))
+            )
+        })
         .flat_map(|n| n.output.iter().map(String::as_str))
         .collect();
     assert!(!integrated.is_empty());

@@ -4,7 +4,7 @@
 mod common;
 
 use rl_passes::analysis::units::UnitKind;
-use rl_passes::diff::diff_models;
+use rl_passes::graph_diff::diff_models;
 use rl_passes::pipeline::{rewrite, RewriteOptions};
 
 fn golden(name: &str, image_size: Option<usize>, unit: UnitKind, every: usize) {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use prost::Message;
+use rl_passes::contract::{scalar_name, Scalar};
 use rl_passes::onnx::{
     tensor_shape_proto::dimension::Value as Dim, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto,
@@ -216,7 +217,8 @@ fn learns(engine: &str, mode: &[&str]) {
     );
     if mode.contains(&"--every") {
         // blocks.1 is frozen: its a and b trained away from 0.5, its weight replaced.
-        for name in ["blocks.1.rl_a", "blocks.1.rl_b"] {
+        for which in [Scalar::A, Scalar::B] {
+            let name = &scalar_name("blocks.1", which);
             let v = initializer(&ck, name);
             assert_eq!(v.len(), 1);
             assert!((v[0] - 0.5).abs() > 1e-4, "{name} = {}", v[0]);

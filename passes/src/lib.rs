@@ -2,7 +2,8 @@
 
 pub mod analysis;
 pub mod autodiff;
-pub mod diff;
+pub mod contract;
+pub mod graph_diff;
 pub mod io;
 pub mod ir;
 pub mod onnx;

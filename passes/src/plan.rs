@@ -8,10 +8,8 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::units::{LayerAnalysis, TiedParam, Unit, UnitKind};
+use crate::contract::{scalar_name, Scalar};
 use crate::ir::Graph;
-
-/// Metadata key under which the plan is stored in the rewritten model.
-pub const PLAN_KEY: &str = "replacement_learning.plan";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -180,8 +178,8 @@ pub fn make_plan(
         let Some(dtype) = dtype.filter(|_| !params.is_empty()) else {
             continue;
         };
-        let mut fresh = |suffix: &str| {
-            let base = format!("{}.rl_{suffix}", unit.name);
+        let mut fresh = |which: Scalar| {
+            let base = scalar_name(&unit.name, which);
             let name = if taken_names.contains(&base) {
                 g.fresh_name(&format!("{base}.{stage}"))
             } else {
@@ -190,7 +188,7 @@ pub fn make_plan(
             taken_names.insert(name.clone());
             name
         };
-        let (a, b) = (fresh("a"), fresh("b"));
+        let (a, b) = (fresh(Scalar::A), fresh(Scalar::B));
         frozen.push(FrozenUnit {
             unit: unit.name.clone(),
             stage,

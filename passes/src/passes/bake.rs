@@ -5,11 +5,11 @@
 //! integration nodes and the scalars go, and so does the plan metadata. The result is a plain inference model
 //! with the original structure.
 
+use crate::contract::{self, IntegrationNames, IntegrationNode};
 use crate::ir::{Graph, Producer};
 use crate::onnx::tensor_proto::DataType;
 use crate::onnx::TensorProto;
 use crate::pass::{Changed, Pass, PassError};
-use crate::plan::{Plan, PLAN_KEY};
 use crate::tensor::{f32_tensor, f32_values};
 
 pub struct BakeIntegrations;
@@ -32,28 +32,16 @@ fn stored_f32(g: &Graph, name: &str, role: &str, tensor: &str) -> Result<Vec<f32
     })
 }
 
-/// The plan stored in a rewritten model's metadata, if any.
-pub fn stored_plan(g: &Graph) -> Option<Result<Plan, String>> {
-    let entry = g
-        .model
-        .metadata_props
-        .iter()
-        .find(|e| e.key() == PLAN_KEY)?;
-    Some(
-        serde_json::from_str(entry.value())
-            .map_err(|e| format!("the stored plan is not valid JSON: {e}")),
-    )
-}
-
 impl Pass for BakeIntegrations {
     fn name(&self) -> &'static str {
         "bake-integrations"
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<Changed, PassError> {
-        let plan = match stored_plan(g) {
-            None => return Ok(Changed::No),
-            Some(plan) => plan.map_err(invalid)?,
+        let plan = match contract::read_plan(&g.model) {
+            Ok(None) => return Ok(Changed::No),
+            Ok(Some(plan)) => plan,
+            Err(e) => return Err(invalid(e.to_string())),
         };
         let mut baked: Vec<TensorProto> = Vec::new();
         for unit in &plan.frozen {
@@ -72,7 +60,7 @@ impl Pass for BakeIntegrations {
                         p.tensor
                     )));
                 };
-                if g.dag[add].name() != format!("{}/rl_add", p.tensor) {
+                if g.dag[add].name() != IntegrationNode::Add.name(&p.tensor) {
                     return Err(invalid(format!(
                         "'{}' is produced by node '{}', not by its integration subgraph",
                         p.tensor,
@@ -94,16 +82,11 @@ impl Pass for BakeIntegrations {
             }
         }
         for t in &baked {
-            let name = t.name();
-            let nodes = [
-                format!("{name}/rl_add"),
-                format!("{name}/rl_mul_a"),
-                format!("{name}/rl_mul_b"),
-            ];
+            let names = IntegrationNames::of(t.name());
             let indices: Vec<_> = g
                 .dag
                 .node_indices()
-                .filter(|&i| nodes.iter().any(|n| n == g.dag[i].name()))
+                .filter(|&i| names.nodes().contains(&g.dag[i].name()))
                 .collect();
             for i in indices {
                 g.remove_node(i);
@@ -122,7 +105,7 @@ impl Pass for BakeIntegrations {
             g.add_initializer(t);
         }
         g.relink()?;
-        g.model.metadata_props.retain(|e| e.key() != PLAN_KEY);
+        contract::remove_plan(&mut g.model);
         Ok(Changed::Yes)
     }
 }

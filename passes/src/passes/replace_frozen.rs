@@ -5,10 +5,11 @@
 //! the replaced value used (the initializer, or its Identity/Cast/Constant chain) is removed. The plan is stored
 //! in the model's metadata.
 
+use crate::contract::{self, IntegrationNames};
 use crate::ir::{Graph, Producer};
-use crate::onnx::{NodeProto, StringStringEntryProto};
+use crate::onnx::NodeProto;
 use crate::pass::{Changed, Pass, PassError};
-use crate::plan::{Plan, PLAN_KEY};
+use crate::plan::Plan;
 use crate::tensor::scalar;
 
 pub struct ReplaceFrozenUnits {
@@ -81,36 +82,20 @@ impl Pass for ReplaceFrozenUnits {
                     }
                 }
                 remove_storage(g, &p.tensor);
-                let (a_prev, b_next) = (
-                    format!("{}/rl_a_prev", p.tensor),
-                    format!("{}/rl_b_next", p.tensor),
-                );
-                nodes.push(node(
-                    "Mul",
-                    format!("{}/rl_mul_a", p.tensor),
-                    [&unit.a, &p.prev],
-                    a_prev.clone(),
-                ));
-                nodes.push(node(
-                    "Mul",
-                    format!("{}/rl_mul_b", p.tensor),
-                    [&unit.b, &p.next],
-                    b_next.clone(),
-                ));
-                nodes.push(node(
-                    "Add",
-                    format!("{}/rl_add", p.tensor),
-                    [&a_prev, &b_next],
-                    p.tensor.clone(),
-                ));
+                let IntegrationNames {
+                    mul_a,
+                    mul_b,
+                    add,
+                    a_prev,
+                    b_next,
+                } = IntegrationNames::of(&p.tensor);
+                nodes.push(node("Mul", mul_a, [&unit.a, &p.prev], a_prev.clone()));
+                nodes.push(node("Mul", mul_b, [&unit.b, &p.next], b_next.clone()));
+                nodes.push(node("Add", add, [&a_prev, &b_next], p.tensor.clone()));
             }
             g.add_nodes(nodes)?;
         }
-        let plan_json = serde_json::to_string(&self.plan).expect("plans serialize");
-        g.model.metadata_props.retain(|e| e.key() != PLAN_KEY);
-        g.model
-            .metadata_props
-            .push(StringStringEntryProto::new(PLAN_KEY, plan_json));
+        contract::write_plan(&mut g.model, &self.plan);
         Ok(Changed::Yes)
     }
 }
@@ -278,7 +263,7 @@ mod tests {
         .run(&mut g)
         .unwrap();
         assert!(!g.initializers.contains_key("w1"));
-        assert!(g.model.metadata_props.iter().any(|e| e.key() == PLAN_KEY));
+        assert!(contract::read_plan(&g.model).unwrap().is_some());
         let ops: Vec<String> = g
             .lower()
             .unwrap()

@@ -15,8 +15,8 @@
 //! Outputs: `loss` (scalar of the model's float type: mean softmax cross-entropy, see [`loss`]), `correct`
 //! (int64 scalar: correct predictions in the batch), then **`x.next` for each parameter and state input `x`**,
 //! in input order: feed `x.next` back as `x` at the next step. [`TrainManifest`] lists all of them (it is also
-//! stored in the step model's metadata under [`MANIFEST_KEY`]); [`TrainingModels::initial`] holds their first
-//! values.
+//! stored in the step model's metadata under [`crate::contract::MANIFEST_KEY`]);
+//! [`TrainingModels::initial`] holds their first values.
 //!
 //! Trainable parameters: every float initializer with more than one element that the model output depends on,
 //! plus, for a model rewritten by Replacement Learning (plan in the metadata), each frozen unit's scalars `a`
@@ -50,5 +50,4 @@ mod step;
 pub use optimizer::{next_name, Optimizer, StateTensor, ADAMW_STEP};
 pub use step::{
     compile_train, ManifestTensor, TrainError, TrainManifest, TrainOptions, TrainingModels,
-    MANIFEST_KEY,
 };

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::batchnorm::{
     batchnorm_training_mode, bn_tensors, dropout_training, inference_mode, lower_batchnorm_training,
@@ -12,18 +12,15 @@ use super::loss::softmax_cross_entropy;
 use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
 use crate::analysis::shapes::{infer_shapes, ShapeError, TensorType};
 use crate::autodiff::{differentiate_with, AutodiffError, DiffOptions};
+use crate::contract::{self, ContractError, IntegrationNames};
 use crate::ir::{Graph, GraphError, Producer};
 use crate::onnx::{
     tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto,
-    StringStringEntryProto, TensorProto,
+    TensorProto,
 };
 use crate::pass::{run_pipeline, Pass, PassError};
 use crate::passes::{CommonSubexpressionElimination, ConstantFolding, DeadCodeElimination};
-use crate::plan::{Plan, PLAN_KEY};
 use crate::tensor::dtype_name;
-
-/// Metadata key of the step model's [`TrainManifest`] (JSON).
-pub const MANIFEST_KEY: &str = "replacement_learning.train";
 
 const LABELS: &str = "labels";
 const LR: &str = "lr";
@@ -67,6 +64,8 @@ pub enum TrainError {
     Autodiff(#[from] AutodiffError),
     #[error(transparent)]
     Pass(#[from] PassError),
+    #[error(transparent)]
+    Contract(#[from] ContractError),
     #[error("{0}")]
     Option(String),
     #[error("{0}")]
@@ -76,7 +75,7 @@ pub enum TrainError {
 }
 
 /// One input of the step model that has a `.next` output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestTensor {
     pub name: String,
     pub next: String,
@@ -88,7 +87,7 @@ pub struct ManifestTensor {
 }
 
 /// How to drive the step model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainManifest {
     pub input: String,
     pub labels: String,
@@ -269,15 +268,6 @@ fn is_norm_param(
     false
 }
 
-fn plan_of(g: &Graph) -> Result<Option<Plan>, TrainError> {
-    let Some(e) = g.model.metadata_props.iter().find(|e| e.key() == PLAN_KEY) else {
-        return Ok(None);
-    };
-    serde_json::from_str(e.value())
-        .map(Some)
-        .map_err(|err| TrainError::Unsupported(format!("the model's {PLAN_KEY} metadata: {err}")))
-}
-
 fn manifest_tensor(name: &str, dtype: i32, shape: &[usize], decay: Option<bool>) -> ManifestTensor {
     ManifestTensor {
         name: name.to_owned(),
@@ -362,7 +352,7 @@ pub fn compile_train(
         types,
     } = forward(model, opts.batch_size)?;
     let (n, k, dtype) = (opts.batch_size, logits_type.shape[1], logits_type.dtype);
-    let plan = plan_of(&g)?;
+    let plan = contract::read_plan(&g.model)?;
     let rl_scalars: HashSet<String> = plan
         .iter()
         .flat_map(|p| &p.frozen)
@@ -371,10 +361,8 @@ pub fn compile_train(
     let mut stop = HashSet::new();
     if opts.detach_neighbours {
         for p in plan.iter().flat_map(|p| &p.frozen).flat_map(|u| &u.params) {
-            for node in [
-                format!("{}/rl_mul_a", p.tensor),
-                format!("{}/rl_mul_b", p.tensor),
-            ] {
+            let IntegrationNames { mul_a, mul_b, .. } = IntegrationNames::of(&p.tensor);
+            for node in [mul_a, mul_b] {
                 if !g.dag.node_weights().any(|n| n.name() == node) {
                     return Err(TrainError::Unsupported(format!(
                         "--detach-neighbours: the integration node '{node}' of the plan is not in the model"
@@ -558,11 +546,7 @@ pub fn compile_train(
             .collect(),
         optimizer_state_tensors: states.len(),
     };
-    g.model.metadata_props.retain(|e| e.key() != MANIFEST_KEY);
-    g.model.metadata_props.push(StringStringEntryProto::new(
-        MANIFEST_KEY,
-        manifest.to_json(),
-    ));
+    contract::write_manifest(&mut g.model, &manifest);
     let step = g.lower()?;
     let mut eval_inputs = wrt.clone();
     eval_inputs.extend(running.iter().map(|r| r.name.clone()));
