@@ -3,8 +3,9 @@
 //! Training compiles for a fixed batch, so every value gets a concrete shape. Shapes that the graph computes
 //! (Reshape/Expand targets built from `Shape → Gather → Unsqueeze → Concat` chains, axes from `Constant`
 //! nodes) are *evaluated*: small integer tensors whose value is known are kept in a value map alongside the
-//! types. Each op's rule lives with its family (one file per family, looked up by `rule_for`). An op without
-//! a rule, or a rule that cannot resolve its shape, is an error naming the node.
+//! types, and autodiff reads its axes and slice bounds from that map. Each op's rule lives with its family
+//! (one file per family, looked up by `rule_for`). An op without a rule, or a rule that cannot resolve its
+//! shape, is an error naming the node.
 
 mod attrs;
 mod constants;
@@ -61,7 +62,8 @@ pub enum ShapeError {
 #[derive(Debug, Clone, Default)]
 pub struct Inference {
     pub types: HashMap<String, TensorType>,
-    /// Flattened (row-major) values of int64/int32 tensors known statically.
+    /// Flattened (row-major) values of int64/int32 tensors known statically: integer initializers, `Constant`
+    /// outputs and what shape arithmetic computes from them.
     pub values: HashMap<String, Vec<i64>>,
 }
 
