@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use rl_models::{build_without_weights, ZooOptions};
-use rl_passes::analysis::shapes::infer_shapes;
+use rl_passes::analysis::shapes::{infer, infer_shapes};
 use rl_passes::autodiff::differentiate;
 use rl_passes::io::load_model;
 use rl_passes::ir::Graph;
@@ -27,7 +27,7 @@ fn differentiate_all(name: &str, mut g: Graph, input: &str, shape: Vec<usize>, l
     }])
     .unwrap();
     let inputs = [(input.to_owned(), shape)];
-    let types = infer_shapes(&g, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let inference = infer(&g, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut wrt: Vec<String> = g
         .initializers
         .iter()
@@ -36,11 +36,14 @@ fn differentiate_all(name: &str, mut g: Graph, input: &str, shape: Vec<usize>, l
         .collect();
     wrt.sort();
     assert!(!wrt.is_empty(), "{name}: no float parameters");
-    let grads = differentiate(&mut g, "coverage/loss", &wrt, &types)
+    let grads = differentiate(&mut g, "coverage/loss", &wrt, &inference)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let after = infer_shapes(&g, &inputs).unwrap_or_else(|e| panic!("{name}: backward: {e}"));
     for w in &wrt {
-        assert_eq!(after[&grads[w]], types[w], "{name}: gradient of {w}");
+        assert_eq!(
+            after[&grads[w]], inference.types[w],
+            "{name}: gradient of {w}"
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use prost::Message;
-use rl_passes::analysis::shapes::infer_shapes;
+use rl_passes::analysis::shapes::{infer, infer_shapes, Inference};
 use rl_passes::autodiff::differentiate;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::{
@@ -258,9 +258,10 @@ fn check(case: Case, seed: u64) {
         ),
     ])
     .unwrap();
-    let types = infer_shapes(&g, &shape_in).unwrap();
+    let inference = infer(&g, &shape_in).unwrap();
+    let types = &inference.types;
     let wrt: Vec<String> = case.inputs.iter().map(|(n, ..)| n.to_string()).collect();
-    let grads = differentiate(&mut g, "loss", &wrt, &types)
+    let grads = differentiate(&mut g, "loss", &wrt, &inference)
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     g.proto.output = vec![value_info("loss", DataType::Double, &[])];
     for w in &wrt {
@@ -271,7 +272,7 @@ fn check(case: Case, seed: u64) {
     }
     let native = g.lower().unwrap().encode_to_vec();
     tract_f64_workarounds(&mut g);
-    tract_training_workarounds(&mut g, &types);
+    tract_training_workarounds(&mut g, types);
     let bytes = g.lower().unwrap().encode_to_vec();
     let mut tm = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
@@ -850,7 +851,11 @@ fn missing_rule_names_the_node() {
     types.insert("x".to_owned(), t(vec![2, 3]));
     types.insert("y".to_owned(), t(vec![2, 3]));
     types.insert("loss".to_owned(), t(vec![]));
-    let err = differentiate(&mut g, "loss", &["x".to_owned()], &types).unwrap_err();
+    let inference = Inference {
+        types,
+        ..Default::default()
+    };
+    let err = differentiate(&mut g, "loss", &["x".to_owned()], &inference).unwrap_err();
     assert_eq!(
         err.to_string(),
         "node 'fwd/Hardmax/y' (Hardmax): no gradient rule for op Hardmax"
@@ -1489,8 +1494,8 @@ fn dropout_training_mode_computed_and_mask_required() {
         ..Default::default()
     };
     let mut g = Graph::lift(model(forward)).unwrap();
-    let types = infer_shapes(&g, &[("x".to_owned(), vec![2, 3])]).unwrap();
-    let err = differentiate(&mut g, "loss", &["x".to_owned()], &types).unwrap_err();
+    let inference = infer(&g, &[("x".to_owned(), vec![2, 3])]).unwrap();
+    let err = differentiate(&mut g, "loss", &["x".to_owned()], &inference).unwrap_err();
     assert_eq!(
         err.to_string(),
         "node 'fwd/Dropout/y' (Dropout): Dropout: training-mode Dropout needs its mask output to be differentiated"
@@ -1529,8 +1534,8 @@ fn training_batch_norm_refuses_gradients_through_its_running_statistics() {
         ..Default::default()
     };
     let mut g = Graph::lift(model(forward)).unwrap();
-    let types = infer_shapes(&g, &[("x".to_owned(), vec![3, 2])]).unwrap();
-    let err = differentiate(&mut g, "loss", &["x".to_owned()], &types).unwrap_err();
+    let inference = infer(&g, &[("x".to_owned(), vec![3, 2])]).unwrap();
+    let err = differentiate(&mut g, "loss", &["x".to_owned()], &inference).unwrap_err();
     assert_eq!(
         err.to_string(),
         "node 'fwd/BatchNormalization/y' (BatchNormalization): BatchNormalization: gradients through the \

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use prost::Message;
-use rl_passes::analysis::shapes::infer_shapes;
+use rl_passes::analysis::shapes::infer;
 use rl_passes::autodiff::{differentiate_with, DiffOptions};
 use rl_passes::ir::Graph;
 use rl_passes::onnx::{
@@ -700,12 +700,12 @@ fn stopping_a_gradient_at_one_input_slot() {
     );
     for (stop, factor) in [(false, 2.0), (true, 1.0)] {
         let mut g = Graph::lift(m.clone()).unwrap();
-        let types = infer_shapes(&g, &[("x".into(), vec![3])]).unwrap();
+        let inference = infer(&g, &[("x".into(), vec![3])]).unwrap();
         let mut opts = DiffOptions::default();
         if stop {
             opts.stop.insert(("Mul/sq".into(), 1));
         }
-        let grads = differentiate_with(&mut g, "loss", &["x".into()], &types, &opts).unwrap();
+        let grads = differentiate_with(&mut g, "loss", &["x".into()], &inference, &opts).unwrap();
         g.proto
             .output
             .push(vi(&grads["x"], DataType::Double, &[Some(3)]));

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::analysis::shapes::TensorType;
+use crate::analysis::shapes::{Inference, TensorType};
 use crate::ir::{node_label, Graph, GraphError};
 use crate::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto,
@@ -101,8 +101,9 @@ pub struct GradCtx<'a> {
     graph: &'a Graph,
     /// Types of the forward values.
     pub types: &'a HashMap<String, TensorType>,
-    /// Evaluated integer constants of the forward graph (axes, shapes, slice bounds).
-    pub values: HashMap<String, Vec<i64>>,
+    /// Evaluated integer constants of the forward graph (axes, shapes, slice bounds), as shape inference
+    /// found them.
+    pub values: &'a HashMap<String, Vec<i64>>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     taken: HashSet<String>,
@@ -148,36 +149,11 @@ impl Attr {
 }
 
 impl<'a> GradCtx<'a> {
-    fn new(graph: &'a Graph, types: &'a HashMap<String, TensorType>) -> GradCtx<'a> {
-        let mut values = HashMap::new();
-        for (name, t) in &graph.initializers {
-            if let Some(v) = crate::analysis::shapes::int_values(t) {
-                values.insert(name.clone(), v);
-            }
-        }
-        if let Ok(order) = graph.topological_order() {
-            for i in order {
-                let n = &graph.dag[i];
-                if n.op_type() == "Constant" && n.output.len() == 1 {
-                    let a = n.attribute.first();
-                    let v = match a.map(|a| (a.name(), a)) {
-                        Some(("value", a)) => {
-                            a.t.as_ref().and_then(crate::analysis::shapes::int_values)
-                        }
-                        Some(("value_ints", a)) => Some(a.ints.clone()),
-                        Some(("value_int", a)) => a.i.map(|i| vec![i]),
-                        _ => None,
-                    };
-                    if let Some(v) = v {
-                        values.insert(n.output[0].clone(), v);
-                    }
-                }
-            }
-        }
+    fn new(graph: &'a Graph, inference: &'a Inference) -> GradCtx<'a> {
         GradCtx {
             graph,
-            types,
-            values,
+            types: &inference.types,
+            values: &inference.values,
             nodes: Vec::new(),
             initializers: Vec::new(),
             taken: HashSet::new(),
@@ -343,7 +319,7 @@ impl<'a> GradCtx<'a> {
             .ok_or_else(|| format!("value '{value}' has no type"))
     }
 
-    /// An integer constant of the forward graph (initializer or `Constant`).
+    /// An integer value of the forward graph known statically (initializer, `Constant`, shape arithmetic).
     pub fn const_value(&self, value: &str) -> Result<&Vec<i64>, String> {
         self.values
             .get(value)
@@ -369,15 +345,16 @@ pub struct DiffOptions {
 }
 
 /// Appends to `g` the gradient of the scalar `loss` with respect to each of `wrt`, and returns the name of
-/// each gradient value. `types` are the static types of the forward values ([`crate::analysis::shapes`]).
+/// each gradient value. `inference` holds the static types of the forward values and their evaluated integer
+/// constants ([`crate::analysis::shapes::infer`] over `g`).
 /// A `wrt` value on no path to the loss gets a gradient of zeros.
 pub fn differentiate(
     g: &mut Graph,
     loss: &str,
     wrt: &[String],
-    types: &HashMap<String, TensorType>,
+    inference: &Inference,
 ) -> Result<HashMap<String, String>, AutodiffError> {
-    differentiate_with(g, loss, wrt, types, &DiffOptions::default())
+    differentiate_with(g, loss, wrt, inference, &DiffOptions::default())
 }
 
 /// [`differentiate`] with options (gradient stops).
@@ -385,9 +362,10 @@ pub fn differentiate_with(
     g: &mut Graph,
     loss: &str,
     wrt: &[String],
-    types: &HashMap<String, TensorType>,
+    inference: &Inference,
     opts: &DiffOptions,
 ) -> Result<HashMap<String, String>, AutodiffError> {
+    let types = &inference.types;
     let opset = default_opset(g);
     if opset < 13 {
         return Err(AutodiffError::Opset { found: opset });
@@ -435,7 +413,7 @@ pub fn differentiate_with(
         }
     }
 
-    let mut ctx = GradCtx::new(g, types);
+    let mut ctx = GradCtx::new(g, inference);
     let mut contrib: HashMap<String, Vec<String>> = HashMap::new();
     let seed = ctx.filled(lt.dtype, &lt.shape, 1.0);
     contrib.insert(loss.to_owned(), vec![seed]);

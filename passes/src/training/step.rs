@@ -10,7 +10,7 @@ use super::batchnorm::{
 use super::builder::{value_info, zeros, Builder};
 use super::loss::softmax_cross_entropy;
 use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
-use crate::analysis::shapes::{infer_shapes, ShapeError, TensorType};
+use crate::analysis::shapes::{infer, infer_shapes, ShapeError, TensorType};
 use crate::autodiff::{differentiate_with, AutodiffError, DiffOptions};
 use crate::contract::{self, ContractError, IntegrationNames};
 use crate::ir::{Graph, GraphError, Producer};
@@ -459,9 +459,9 @@ pub fn compile_train(
 
     // Gradients.
     let shapes = input_shapes(&g);
-    let all_types = infer_shapes(&g, &shapes)?;
+    let forward = infer(&g, &shapes)?;
     let wrt: Vec<String> = params.iter().map(|(p, ..)| p.clone()).collect();
-    let grads = differentiate_with(&mut g, LOSS, &wrt, &all_types, &DiffOptions { stop })?;
+    let grads = differentiate_with(&mut g, LOSS, &wrt, &forward, &DiffOptions { stop })?;
     // Differentiated by their rule, the BatchNormalizations now become elementary ops that tract runs.
     lower_batchnorm_training(&mut g, &mut b, &types)?;
 
@@ -518,7 +518,7 @@ pub fn compile_train(
     }
     initial.extend(running_initial);
     g.relink()?;
-    refresh_value_info(&mut g, &all_types);
+    refresh_value_info(&mut g, &forward.types);
     cleanup(&mut g)?;
 
     let manifest = TrainManifest {

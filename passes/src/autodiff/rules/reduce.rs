@@ -11,7 +11,7 @@ type Grads = Result<Vec<Option<String>>, String>;
 /// of one reduction.
 fn spread(ctx: &mut GradCtx, a: &RuleArgs) -> Result<(String, usize), String> {
     let shape = a.in_shape(0)?.to_vec();
-    let axes = reduce_axes_of(a.node, shape.len(), &ctx.values)?;
+    let axes = reduce_axes_of(a.node, shape.len(), ctx.values)?;
     let kept = reduced_shape(&shape, &axes, true);
     let keep = attr_int(a.node, "keepdims").unwrap_or(1) != 0;
     let dy = if keep {

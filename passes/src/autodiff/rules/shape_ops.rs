@@ -48,7 +48,7 @@ pub fn concat(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
 /// Unit-step slices: the gradient is zero-padded back to the input shape.
 pub fn slice(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let shape = a.in_shape(0)?.to_vec();
-    let params = slice_params(a.node, &shape, &ctx.values)?;
+    let params = slice_params(a.node, &shape, ctx.values)?;
     let r = shape.len();
     let mut pads = vec![0i64; 2 * r];
     for &(axis, start, step, len) in &params {
