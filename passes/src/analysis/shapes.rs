@@ -66,7 +66,7 @@ pub fn infer_shapes(
 /// [`infer_shapes`], keeping the evaluated integer values too.
 pub fn infer(g: &Graph, inputs: &[(String, Vec<usize>)]) -> Result<Inference, ShapeError> {
     let mut inf = Inference::default();
-    for (name, t) in &g.initializers {
+    for (name, t) in g.initializers() {
         let shape = t.dims.iter().map(|&d| d.max(0) as usize).collect();
         inf.types
             .insert(name.clone(), TensorType::new(t.data_type(), shape));
@@ -93,7 +93,7 @@ pub fn infer(g: &Graph, inputs: &[(String, Vec<usize>)]) -> Result<Inference, Sh
         inf.types.insert(name, TensorType::new(dtype, shape));
     }
     for index in g.topological_order()? {
-        let node = &g.dag[index];
+        let node = g.node(index);
         let label = node_label(node, index);
         let mut ins = Vec::with_capacity(node.input.len());
         for i in &node.input {

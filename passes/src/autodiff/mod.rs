@@ -150,14 +150,14 @@ impl Attr {
 impl<'a> GradCtx<'a> {
     fn new(graph: &'a Graph, types: &'a HashMap<String, TensorType>) -> GradCtx<'a> {
         let mut values = HashMap::new();
-        for (name, t) in &graph.initializers {
+        for (name, t) in graph.initializers() {
             if let Some(v) = crate::analysis::shapes::int_values(t) {
                 values.insert(name.clone(), v);
             }
         }
         if let Ok(order) = graph.topological_order() {
             for i in order {
-                let n = &graph.dag[i];
+                let n = graph.node(i);
                 if n.op_type() == "Constant" && n.output.len() == 1 {
                     let a = n.attribute.first();
                     let v = match a.map(|a| (a.name(), a)) {
@@ -416,7 +416,7 @@ pub fn differentiate_with(
     // Float values that depend on some wrt value.
     let mut live: HashSet<String> = wrt.iter().cloned().collect();
     for &i in &order {
-        let n = &g.dag[i];
+        let n = g.node(i);
         if n.input.iter().any(|v| live.contains(v)) {
             live.extend(
                 n.output
@@ -429,7 +429,7 @@ pub fn differentiate_with(
     // Values the loss depends on.
     let mut needed: HashSet<String> = HashSet::from([loss.to_owned()]);
     for &i in order.iter().rev() {
-        let n = &g.dag[i];
+        let n = g.node(i);
         if n.output.iter().any(|o| needed.contains(o)) {
             needed.extend(n.input.iter().filter(|v| !v.is_empty()).cloned());
         }
@@ -441,7 +441,7 @@ pub fn differentiate_with(
     contrib.insert(loss.to_owned(), vec![seed]);
 
     for &i in order.iter().rev() {
-        let node = &g.dag[i];
+        let node = g.node(i);
         let on_path = node
             .output
             .iter()

@@ -42,13 +42,18 @@
 //! the stored defaults.
 
 mod batchnorm;
+mod bn_lowering;
+mod bn_training_mode;
 mod builder;
+mod dropout_training;
+mod error;
+mod inference_mode;
 pub mod loss;
 pub mod optimizer;
 mod step;
 
+pub use error::TrainError;
 pub use optimizer::{next_name, Optimizer, StateTensor, ADAMW_STEP};
 pub use step::{
-    compile_train, ManifestTensor, TrainError, TrainManifest, TrainOptions, TrainingModels,
-    MANIFEST_KEY,
+    compile_train, ManifestTensor, TrainManifest, TrainOptions, TrainingModels, MANIFEST_KEY,
 };
