@@ -219,7 +219,7 @@ pub fn bake_command(model: &Path, output: &Path) -> Result<()> {
     use rl_passes::pass::{Changed, Pass};
     let loaded = load_model(model)?;
     let mut graph = Graph::lift(loaded.model).with_context(|| model.display().to_string())?;
-    let before = graph.dag.node_count();
+    let before = graph.node_count();
     let mut bake = rl_passes::passes::BakeIntegrations;
     if bake
         .run(&mut graph)
@@ -240,7 +240,7 @@ pub fn bake_command(model: &Path, output: &Path) -> Result<()> {
     )?;
     println!(
         "baked {} integration nodes into stored tensors; wrote {}",
-        before - graph.dag.node_count(),
+        before - graph.node_count(),
         output.display()
     );
     Ok(())

@@ -5,19 +5,38 @@
 //! and `Mul(x, x)` needs two parallel edges. Initializers are values, not nodes of computation. Lowering
 //! orders nodes topologically, breaking ties by insertion order, so the same graph always lowers to the same
 //! bytes and an untouched graph keeps its original node order.
+//!
+//! # Invariants, kept by every edit
+//! The petgraph is private: passes read through accessors and change nodes only through the operations below
+//! ([`Graph::add_nodes`], [`Graph::remove_node`], [`Graph::set_input`], [`Graph::replace_all_uses`],
+//! [`Graph::update_node`], initializer adds and removes). Each operation keeps three derived structures
+//! right at once, touching only the nodes and values it edits: the producer of every value, the readers of
+//! every value (explicit inputs, and implicit ones read by subgraph attributes), and the edges between them.
+//! So no pass can forget to re-derive the edges, and adding a node costs its own degree, not a pass over
+//! the graph: a new node is wired to its producers and to the readers already waiting for its outputs.
+//!
+//! A read may dangle *between* edits (a node replaced by removing it and adding another that writes the
+//! same value); [`Graph::validate`] reports what still dangles, and the pass driver ([`crate::pass`]) runs it
+//! after every pass, as does [`Graph::lower`].
+//!
+//! Passes edit through these methods rather than returning a patch (tract's `ModelPatch`) for the driver
+//! to apply: the passes here decide from an analysis of the whole graph and then make a handful of local
+//! edits, where a patch would only buffer the same calls and add a second vocabulary for them.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use indexmap::IndexMap;
 use petgraph::stable_graph::StableDiGraph;
 
 /// The index of a node in a [`Graph`].
 pub use petgraph::stable_graph::NodeIndex;
+use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use crate::onnx::{
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
 };
 
 /// Input slot used for values a node reads implicitly, through a subgraph attribute (If/Loop/Scan bodies).
@@ -47,6 +66,8 @@ pub enum GraphError {
     DanglingOutput { value: String },
     #[error("the graph has a cycle through node {node}; ONNX graphs must be acyclic")]
     Cycle { node: String },
+    #[error("node {node} reads '{value}' inside a subgraph; its uses cannot be replaced")]
+    ReadBySubgraph { node: String, value: String },
 }
 
 /// Where a value comes from.
@@ -62,10 +83,18 @@ pub struct Graph {
     /// Model-level fields (opsets, metadata, functions, …) with `graph` cleared.
     pub model: ModelProto,
     /// Graph-level fields (name, inputs, outputs, value_info, metadata, …) with nodes and initializers cleared.
+    /// No derived state depends on them: graph inputs and outputs are looked up here when needed.
     pub proto: GraphProto,
-    pub dag: StableDiGraph<NodeProto, Edge>,
-    pub initializers: IndexMap<String, TensorProto>,
+    dag: StableDiGraph<NodeProto, Edge>,
+    initializers: IndexMap<String, TensorProto>,
+    /// Value → the node and output slot writing it.
     producers: HashMap<String, (NodeIndex, usize)>,
+    /// Value → every (node, input slot) reading it, [`IMPLICIT_INPUT`] for reads from inside subgraphs. Readers
+    /// are kept even while their value has no producer, so that the node which produces it later is wired to
+    /// them without a scan.
+    readers: HashMap<String, BTreeSet<(NodeIndex, usize)>>,
+    /// Implicit inputs of the nodes that have subgraph attributes (walking subgraphs is not free).
+    implicit: HashMap<NodeIndex, Vec<String>>,
     /// Values removed by edits; their value_info is dropped on lowering unless something produces them again.
     removed: HashSet<String>,
 }
@@ -123,6 +152,33 @@ pub(crate) fn implicit_inputs(node: &NodeProto) -> Vec<String> {
     out
 }
 
+/// Every value a node reads, with its input slot ([`IMPLICIT_INPUT`] for reads of its subgraphs).
+fn reads<'a>(
+    node: &'a NodeProto,
+    implicit: &'a [String],
+) -> impl Iterator<Item = (usize, &'a str)> {
+    node.input
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(slot, v)| (slot, v.as_str()))
+        .chain(implicit.iter().map(|v| (IMPLICIT_INPUT, v.as_str())))
+}
+
+fn forget_reader(
+    readers: &mut HashMap<String, BTreeSet<(NodeIndex, usize)>>,
+    value: &str,
+    index: NodeIndex,
+    slot: usize,
+) {
+    if let Some(r) = readers.get_mut(value) {
+        r.remove(&(index, slot));
+        if r.is_empty() {
+            readers.remove(value);
+        }
+    }
+}
+
 impl Graph {
     /// Builds the IR from a model, checking names and acyclicity.
     pub fn lift(mut model: ModelProto) -> Result<Graph, GraphError> {
@@ -138,31 +194,35 @@ impl Graph {
             dag: StableDiGraph::default(),
             initializers,
             producers: HashMap::new(),
+            readers: HashMap::new(),
+            implicit: HashMap::new(),
             removed: HashSet::new(),
         };
+        let mut added = Vec::with_capacity(nodes.len());
         for node in nodes {
-            g.insert_node(node)?;
+            added.push(g.insert_node(node)?);
         }
-        g.relink()?;
+        for &index in &added {
+            g.register_reads(index);
+        }
+        for &index in &added {
+            g.link_inputs(index);
+        }
+        g.validate()?;
         g.topological_order()?;
         Ok(g)
     }
 
+    /// Adds a node's weight and registers its outputs (not its reads, not its edges).
     fn insert_node(&mut self, node: NodeProto) -> Result<NodeIndex, GraphError> {
-        let outputs = node.output.clone();
         let index = self.dag.add_node(node);
+        let outputs = self.dag[index].output.clone();
         for (slot, out) in outputs.iter().enumerate().filter(|(_, o)| !o.is_empty()) {
-            let clash = if let Some(&(other, _)) = self.producers.get(out) {
-                Some(node_label(&self.dag[other], other))
-            } else if self.initializers.contains_key(out) {
-                Some("an initializer".to_owned())
-            } else if self.proto.input.iter().any(|i| i.name() == out) {
-                Some("a graph input".to_owned())
-            } else {
-                None
-            };
-            if let Some(first) = clash {
+            if let Some(first) = self.clash(out, None) {
                 let second = node_label(&self.dag[index], index);
+                for o in &outputs[..slot] {
+                    self.producers.remove(o);
+                }
                 self.dag.remove_node(index);
                 return Err(GraphError::DuplicateName {
                     value: out.clone(),
@@ -175,12 +235,102 @@ impl Graph {
         Ok(index)
     }
 
-    /// Adds a node and wires it. Its outputs must be new names.
+    /// What already produces `value`, other than node `except`, in words.
+    fn clash(&self, value: &str, except: Option<NodeIndex>) -> Option<String> {
+        if let Some(&(other, _)) = self
+            .producers
+            .get(value)
+            .filter(|(i, _)| Some(*i) != except)
+        {
+            Some(node_label(&self.dag[other], other))
+        } else if self.initializers.contains_key(value) {
+            Some("an initializer".to_owned())
+        } else if self.proto.input.iter().any(|i| i.name() == value) {
+            Some("a graph input".to_owned())
+        } else {
+            None
+        }
+    }
+
+    /// Records what node `index` reads in the reader map (and caches its implicit inputs).
+    fn register_reads(&mut self, index: NodeIndex) {
+        let node = &self.dag[index];
+        let has_subgraphs = node
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty());
+        if has_subgraphs {
+            self.implicit.insert(index, implicit_inputs(node));
+        }
+        let implicit = self.implicit.get(&index).map_or(&[][..], Vec::as_slice);
+        for (slot, value) in reads(&self.dag[index], implicit) {
+            self.readers
+                .entry(value.to_owned())
+                .or_default()
+                .insert((index, slot));
+        }
+    }
+
+    /// Removes what node `index` reads from the reader map.
+    fn unregister_reads(&mut self, index: NodeIndex) {
+        let implicit = self.implicit.remove(&index).unwrap_or_default();
+        for (slot, value) in reads(&self.dag[index], &implicit) {
+            forget_reader(&mut self.readers, value, index, slot);
+        }
+    }
+
+    /// Adds the edges into node `index` from the nodes producing what it reads.
+    fn link_inputs(&mut self, index: NodeIndex) {
+        let implicit = self.implicit.get(&index).map_or(&[][..], Vec::as_slice);
+        let wires: Vec<(NodeIndex, Edge)> = reads(&self.dag[index], implicit)
+            .filter_map(|(to_slot, value)| {
+                let &(from, from_slot) = self.producers.get(value)?;
+                Some((from, Edge { from_slot, to_slot }))
+            })
+            .collect();
+        for (from, edge) in wires {
+            self.dag.add_edge(from, index, edge);
+        }
+    }
+
+    /// Adds the edges out of node `index` to the readers of its outputs, except readers in `skip`.
+    fn link_outputs(&mut self, index: NodeIndex, skip: &HashSet<NodeIndex>) {
+        let mut wires = Vec::new();
+        for (from_slot, out) in self.dag[index].output.iter().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            for &(reader, to_slot) in self.readers.get(out).into_iter().flatten() {
+                if !skip.contains(&reader) {
+                    wires.push((reader, Edge { from_slot, to_slot }));
+                }
+            }
+        }
+        for (to, edge) in wires {
+            self.dag.add_edge(index, to, edge);
+        }
+    }
+
+    /// The first value node `index` reads that nothing produces.
+    fn first_dangling(&self, index: NodeIndex) -> Option<GraphError> {
+        let node = &self.dag[index];
+        let implicit = self.implicit.get(&index).map_or(&[][..], Vec::as_slice);
+        reads(node, implicit)
+            .find(|(_, v)| self.producer(v).is_none())
+            .map(|(_, v)| GraphError::Dangling {
+                node: node_label(node, index),
+                value: v.to_owned(),
+            })
+    }
+
+    /// Adds a node and wires it. Its outputs must be new names; what it reads must exist.
     pub fn add_node(&mut self, node: NodeProto) -> Result<NodeIndex, GraphError> {
         Ok(self.add_nodes([node])?[0])
     }
 
-    /// Adds nodes that may read each other's outputs, then wires them all at once.
+    /// Adds nodes that may read each other's outputs, and wires them: to the producers of what they read and
+    /// to the nodes already reading their outputs. Nothing else is touched. On an error (an output that
+    /// already exists, an input that nothing produces) the graph is left as it was.
     pub fn add_nodes(
         &mut self,
         nodes: impl IntoIterator<Item = NodeProto>,
@@ -190,19 +340,44 @@ impl Graph {
             match self.insert_node(node) {
                 Ok(index) => added.push(index),
                 Err(e) => {
-                    for index in added {
-                        self.remove_node(index);
-                    }
+                    self.discard(&added);
                     return Err(e);
                 }
             }
         }
-        self.relink()?;
+        for &index in &added {
+            self.register_reads(index);
+        }
+        if let Some(e) = added.iter().find_map(|&i| self.first_dangling(i)) {
+            for &index in &added {
+                self.unregister_reads(index);
+            }
+            self.discard(&added);
+            return Err(e);
+        }
+        let new: HashSet<NodeIndex> = added.iter().copied().collect();
+        for &index in &added {
+            self.link_inputs(index);
+            self.link_outputs(index, &new);
+        }
         Ok(added)
     }
 
-    /// Removes a node; values it produced no longer exist.
+    /// Takes back nodes just inserted (outputs registered, reads not, no edges): as if never added.
+    fn discard(&mut self, added: &[NodeIndex]) {
+        for &index in added.iter().rev() {
+            for out in &self.dag[index].output {
+                self.producers.remove(out);
+            }
+            self.dag.remove_node(index);
+        }
+    }
+
+    /// Removes a node and its edges; values it produced no longer exist (their readers dangle until another
+    /// producer is added or they are rewired).
     pub fn remove_node(&mut self, index: NodeIndex) -> Option<NodeProto> {
+        self.dag.node_weight(index)?;
+        self.unregister_reads(index);
         let node = self.dag.remove_node(index)?;
         for out in &node.output {
             if self.producers.get(out).is_some_and(|&(i, _)| i == index) {
@@ -213,7 +388,152 @@ impl Graph {
         Some(node)
     }
 
-    /// Adds an initializer (replacing one of the same name).
+    /// Makes input `slot` of node `index` read `value`, which must exist.
+    pub fn set_input(
+        &mut self,
+        index: NodeIndex,
+        slot: usize,
+        value: &str,
+    ) -> Result<(), GraphError> {
+        let old = self.dag[index].input[slot].clone();
+        if old == value {
+            return Ok(());
+        }
+        if !value.is_empty() && self.producer(value).is_none() {
+            return Err(GraphError::Dangling {
+                node: node_label(&self.dag[index], index),
+                value: value.to_owned(),
+            });
+        }
+        forget_reader(&mut self.readers, &old, index, slot);
+        let stale = self
+            .dag
+            .edges_directed(index, Direction::Incoming)
+            .find(|e| e.weight().to_slot == slot)
+            .map(|e| e.id());
+        if let Some(e) = stale {
+            self.dag.remove_edge(e);
+        }
+        self.dag[index].input[slot] = value.to_owned();
+        if value.is_empty() {
+            return Ok(());
+        }
+        self.readers
+            .entry(value.to_owned())
+            .or_default()
+            .insert((index, slot));
+        if let Some(&(from, from_slot)) = self.producers.get(value) {
+            self.dag.add_edge(
+                from,
+                index,
+                Edge {
+                    from_slot,
+                    to_slot: slot,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes every node input reading `old` read `new` instead; returns how many inputs changed. Graph outputs
+    /// are not inputs: a graph output named `old` stays. Fails, changing nothing, when a subgraph reads `old`
+    /// (its body would have to be rewritten) or when `new` does not exist.
+    pub fn replace_all_uses(&mut self, old: &str, new: &str) -> Result<usize, GraphError> {
+        let uses: Vec<(NodeIndex, usize)> = self.readers(old).collect();
+        if let Some(&(i, _)) = uses.iter().find(|(_, s)| *s == IMPLICIT_INPUT) {
+            return Err(GraphError::ReadBySubgraph {
+                node: node_label(&self.dag[i], i),
+                value: old.to_owned(),
+            });
+        }
+        if let (Some(&(i, _)), None) = (uses.first(), self.producer(new)) {
+            return Err(GraphError::Dangling {
+                node: node_label(&self.dag[i], i),
+                value: new.to_owned(),
+            });
+        }
+        for &(i, slot) in &uses {
+            self.set_input(i, slot, new)?;
+        }
+        Ok(uses.len())
+    }
+
+    /// Edits node `index` in place (attributes, inputs, outputs) and rewires it. The edited node's new outputs
+    /// must be new names and what it reads must exist; otherwise the node is left as it was. Outputs it no
+    /// longer writes no longer exist.
+    pub fn update_node<R>(
+        &mut self,
+        index: NodeIndex,
+        edit: impl FnOnce(&mut NodeProto) -> R,
+    ) -> Result<R, GraphError> {
+        let mut node = self.dag[index].clone();
+        let result = edit(&mut node);
+        for (k, out) in node
+            .output
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.is_empty())
+        {
+            let twice = node.output[..k]
+                .contains(out)
+                .then(|| node_label(&node, index));
+            if let Some(first) = twice.or_else(|| self.clash(out, Some(index))) {
+                return Err(GraphError::DuplicateName {
+                    value: out.clone(),
+                    first,
+                    second: node_label(&node, index),
+                });
+            }
+        }
+        let implicit = implicit_inputs(&node);
+        if let Some((_, v)) = reads(&node, &implicit).find(|(_, v)| self.producer(v).is_none()) {
+            return Err(GraphError::Dangling {
+                node: node_label(&node, index),
+                value: v.to_owned(),
+            });
+        }
+        self.unregister_reads(index);
+        let edges: Vec<_> = self
+            .dag
+            .edges_directed(index, Direction::Incoming)
+            .chain(self.dag.edges_directed(index, Direction::Outgoing))
+            .map(|e| e.id())
+            .collect();
+        for e in edges {
+            self.dag.remove_edge(e);
+        }
+        let old = std::mem::replace(&mut self.dag[index], node);
+        for out in old.output.iter().filter(|o| !o.is_empty()) {
+            self.producers.remove(out);
+            if !self.dag[index].output.contains(out) {
+                self.removed.insert(out.clone());
+            }
+        }
+        for (slot, out) in self.dag[index].output.iter().enumerate() {
+            if !out.is_empty() {
+                self.producers.insert(out.clone(), (index, slot));
+            }
+        }
+        self.register_reads(index);
+        self.link_inputs(index);
+        self.link_outputs(index, &HashSet::from([index]));
+        Ok(result)
+    }
+
+    /// Sets an attribute of node `index`, replacing one of the same name.
+    pub fn set_attribute(
+        &mut self,
+        index: NodeIndex,
+        attribute: AttributeProto,
+    ) -> Result<(), GraphError> {
+        self.update_node(index, |n| {
+            n.attribute.retain(|a| a.name() != attribute.name());
+            n.attribute.push(attribute);
+        })
+    }
+
+    /// Adds an initializer (replacing one of the same name). Its name must not be a node's output
+    /// ([`Graph::validate`] reports it); initializers have no edges.
     pub fn add_initializer(&mut self, tensor: TensorProto) {
         self.initializers.insert(tensor.name().to_owned(), tensor);
     }
@@ -226,13 +546,9 @@ impl Graph {
         Some(t)
     }
 
-    /// Removes `nodes` and the initializers named in `initializers`, then relinks; whether anything was removed.
-    /// The end of a cleanup pass that first decides what is redundant, then takes it all out at once.
-    pub fn prune(
-        &mut self,
-        nodes: Vec<NodeIndex>,
-        initializers: Vec<String>,
-    ) -> Result<bool, GraphError> {
+    /// Removes `nodes` and the initializers named in `initializers`; whether anything was removed. The end of a
+    /// cleanup pass that first decides what is redundant, then takes it all out at once.
+    pub fn prune(&mut self, nodes: Vec<NodeIndex>, initializers: Vec<String>) -> bool {
         let changed = !nodes.is_empty() || !initializers.is_empty();
         for i in nodes {
             self.remove_node(i);
@@ -240,42 +556,16 @@ impl Graph {
         for name in initializers {
             self.remove_initializer(&name);
         }
-        self.relink()?;
-        Ok(changed)
+        changed
     }
 
-    /// Recomputes edges from value names and checks that every input has a producer.
-    pub fn relink(&mut self) -> Result<(), GraphError> {
-        self.dag.clear_edges();
-        let indices: Vec<NodeIndex> = self.dag.node_indices().collect();
-        for index in indices {
-            let node = &self.dag[index];
-            let mut wires = Vec::new();
-            let explicit = node.input.iter().enumerate().filter(|(_, i)| !i.is_empty());
-            let implicit = implicit_inputs(node);
-            let all = explicit
-                .map(|(slot, v)| (slot, v.clone()))
-                .chain(implicit.into_iter().map(|v| (IMPLICIT_INPUT, v)));
-            for (slot, value) in all {
-                match self.producer(&value) {
-                    Some(Producer::Node(from, from_slot)) => wires.push((
-                        from,
-                        Edge {
-                            from_slot,
-                            to_slot: slot,
-                        },
-                    )),
-                    Some(_) => {}
-                    None => {
-                        return Err(GraphError::Dangling {
-                            node: node_label(node, index),
-                            value,
-                        });
-                    }
-                }
-            }
-            for (from, edge) in wires {
-                self.dag.add_edge(from, index, edge);
+    /// Checks that every value a node reads and every graph output has a producer, and that no initializer
+    /// shares its name with a node output. Nodes are checked in index order, so the same graph always
+    /// reports the same fault.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        for index in self.dag.node_indices() {
+            if let Some(e) = self.first_dangling(index) {
+                return Err(e);
             }
         }
         for out in &self.proto.output {
@@ -285,7 +575,61 @@ impl Graph {
                 });
             }
         }
+        if let Some((name, &(i, _))) = self
+            .initializers
+            .keys()
+            .find_map(|k| self.producers.get(k).map(|p| (k, p)))
+        {
+            return Err(GraphError::DuplicateName {
+                value: name.clone(),
+                first: node_label(&self.dag[i], i),
+                second: "an initializer".to_owned(),
+            });
+        }
         Ok(())
+    }
+
+    /// The node at `index`. Panics when there is none, like indexing.
+    pub fn node(&self, index: NodeIndex) -> &NodeProto {
+        &self.dag[index]
+    }
+
+    /// Every node with its index, in index (insertion) order.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeIndex, &NodeProto)> {
+        self.dag.node_indices().map(move |i| (i, &self.dag[i]))
+    }
+
+    pub fn node_indices(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.dag.node_indices()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.dag.node_count()
+    }
+
+    /// The petgraph, read-only, for graph algorithms.
+    pub fn dag(&self) -> &StableDiGraph<NodeProto, Edge> {
+        &self.dag
+    }
+
+    /// Initializers by name, in insertion order.
+    pub fn initializers(&self) -> &IndexMap<String, TensorProto> {
+        &self.initializers
+    }
+
+    pub fn initializer(&self, name: &str) -> Option<&TensorProto> {
+        self.initializers.get(name)
+    }
+
+    /// Values the subgraphs of node `index` read from the graph (sorted; empty for nodes without subgraphs).
+    pub fn implicit_inputs(&self, index: NodeIndex) -> &[String] {
+        self.implicit.get(&index).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Every (node, input slot) reading `value`, in node-index order; [`IMPLICIT_INPUT`] marks reads from
+    /// inside a subgraph.
+    pub fn readers(&self, value: &str) -> impl Iterator<Item = (NodeIndex, usize)> + '_ {
+        self.readers.get(value).into_iter().flatten().copied()
     }
 
     pub fn producer(&self, value: &str) -> Option<Producer> {
@@ -305,20 +649,19 @@ impl Graph {
         self.producers.get(value).map(|&(n, _)| n)
     }
 
-    /// Every (node, input slot) reading each value, in node-index order.
+    /// Every (node, input slot) reading each value through an explicit input, in node-index order.
     pub fn consumers(&self) -> HashMap<String, Vec<(NodeIndex, usize)>> {
-        let mut map: HashMap<String, Vec<(NodeIndex, usize)>> = HashMap::new();
-        for index in self.dag.node_indices() {
-            for (slot, v) in self.dag[index]
-                .input
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| !v.is_empty())
-            {
-                map.entry(v.clone()).or_default().push((index, slot));
-            }
-        }
-        map
+        self.readers
+            .iter()
+            .filter_map(|(v, r)| {
+                let explicit: Vec<_> = r
+                    .iter()
+                    .copied()
+                    .filter(|&(_, s)| s != IMPLICIT_INPUT)
+                    .collect();
+                (!explicit.is_empty()).then(|| (v.clone(), explicit))
+            })
+            .collect()
     }
 
     /// Node predecessors through data edges (explicit and implicit), deduplicated.
@@ -374,9 +717,10 @@ impl Graph {
         Ok(order)
     }
 
-    /// Builds the model back: nodes in topological order, initializers in insertion order, value_info of
+    /// Builds the model back (after [`Graph::validate`]): nodes in topological order, initializers in insertion order, value_info of
     /// values that edits removed dropped (value_info of values that never existed is kept as it came).
     pub fn lower(&self) -> Result<ModelProto, GraphError> {
+        self.validate()?;
         let order = self.topological_order()?;
         let mut graph = self.proto.clone();
         graph.node = order.iter().map(|&i| self.dag[i].clone()).collect();
@@ -439,6 +783,7 @@ impl Graph {
 mod tests {
     use super::*;
     use crate::onnx::GraphProto;
+    use petgraph::visit::IntoEdgeReferences;
 
     pub(crate) fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto {
@@ -478,7 +823,7 @@ mod tests {
             node("Mul", "scale", &["t", "w"], &["y"]),
         ]);
         let g = Graph::lift(m.clone()).unwrap();
-        assert_eq!(g.dag.edge_count(), 1);
+        assert_eq!(g.dag().edge_count(), 1);
         let sq = g.producer_node("t").unwrap();
         assert_eq!(g.dag.edges_directed(sq, Direction::Outgoing).count(), 1);
         assert_eq!(g.lower().unwrap(), m);
@@ -562,5 +907,153 @@ mod tests {
             .map(|n| n.name().to_owned())
             .collect();
         assert_eq!(names, ["a", "make_w2", "b"]);
+    }
+
+    /// An If node whose branches read `captured` from the enclosing graph and write `out`.
+    fn if_reading(name: &str, cond: &str, captured: &str, out: &str) -> NodeProto {
+        let branch = |b: &str| GraphProto {
+            name: Some(b.into()),
+            node: vec![node("Identity", &format!("{name}/{b}"), &[captured], &[b])],
+            output: vec![vi(b)],
+            ..Default::default()
+        };
+        let attr = |a: &str| crate::onnx::AttributeProto {
+            name: Some(a.into()),
+            g: Some(Box::new(branch(a))),
+            ..Default::default()
+        };
+        let mut n = node("If", name, &[cond], &[out]);
+        n.attribute = vec![attr("then_branch"), attr("else_branch")];
+        n
+    }
+
+    /// Edges as (producer, output slot, consumer, input slot), by node name.
+    fn edge_set(g: &Graph) -> Vec<(String, usize, String, usize)> {
+        let mut edges: Vec<_> = g
+            .dag()
+            .edge_references()
+            .map(|e| {
+                let w = e.weight();
+                let (from, to) = (g.node(e.source()).name(), g.node(e.target()).name());
+                (from.to_owned(), w.from_slot, to.to_owned(), w.to_slot)
+            })
+            .collect();
+        edges.sort();
+        edges
+    }
+
+    /// Readers by value, by node name.
+    fn reader_set(g: &Graph) -> Vec<(String, String, usize)> {
+        let mut r: Vec<_> = g
+            .readers
+            .iter()
+            .flat_map(|(v, rs)| rs.iter().map(move |&(i, s)| (v.clone(), i, s)))
+            .map(|(v, i, s)| (v, g.node(i).name().to_owned(), s))
+            .collect();
+        r.sort();
+        r
+    }
+
+    #[test]
+    fn incremental_edits_keep_the_edges_a_fresh_lift_derives() {
+        let mut m = model(vec![
+            node("Relu", "a", &["x"], &["t"]),
+            node("Mul", "b", &["t", "t"], &["u"]),
+            node("Add", "c", &["u", "w"], &["v"]),
+            node("Greater", "cmp", &["x", "w"], &["flag"]),
+            node("Add", "d", &["v", "t"], &["y"]),
+        ]);
+        m.graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .push(crate::tensor::f32_tensor("k", &[1], &[3.0]));
+        let mut g = Graph::lift(m).unwrap();
+        let check = |g: &Graph| {
+            let fresh = Graph::lift(g.lower().unwrap()).unwrap();
+            assert_eq!(edge_set(g), edge_set(&fresh));
+            assert_eq!(reader_set(g), reader_set(&fresh));
+        };
+        check(&g);
+
+        // Replace a node by another writing the same value: its readers wait, then are wired to the new one.
+        let a = g.producer_node("t").unwrap();
+        g.remove_node(a);
+        assert_eq!(g.dag().edge_count(), 2);
+        g.add_node(node("Sigmoid", "a2", &["x"], &["t"])).unwrap();
+        check(&g);
+
+        // Rewire one input, then all uses of a value.
+        let b = g.producer_node("u").unwrap();
+        g.set_input(b, 1, "k").unwrap();
+        check(&g);
+        g.add_nodes([
+            node("Neg", "n1", &["x"], &["t_neg"]),
+            node("Abs", "n2", &["t_neg"], &["t_abs"]),
+        ])
+        .unwrap();
+        assert_eq!(g.replace_all_uses("t", "t_abs").unwrap(), 2);
+        check(&g);
+
+        // A node with a subgraph reads through an implicit edge.
+        g.add_node(if_reading("branch", "flag", "v", "picked"))
+            .unwrap();
+        let d = g.producer_node("y").unwrap();
+        g.update_node(d, |n| n.input[1] = "picked".into()).unwrap();
+        check(&g);
+        assert!(matches!(
+            g.replace_all_uses("v", "u"),
+            Err(GraphError::ReadBySubgraph { value, .. }) if value == "v"
+        ));
+
+        // Change a node's outputs and attributes; swap an initializer for a node.
+        let c = g.producer_node("v").unwrap();
+        g.update_node(c, |n| n.input.push("k".into())).unwrap();
+        g.set_attribute(
+            c,
+            crate::onnx::AttributeProto {
+                name: Some("note".into()),
+                i: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        g.remove_initializer("k");
+        g.add_node(node("Identity", "make_k", &["w"], &["k"]))
+            .unwrap();
+        check(&g);
+        let cmp = g.producer_node("flag").unwrap();
+        g.update_node(cmp, |n| n.output[0] = "flag2".into())
+            .unwrap();
+        assert!(matches!(g.validate(), Err(GraphError::Dangling { value, .. }) if value == "flag"));
+        let branch = g.producer_node("picked").unwrap();
+        g.set_input(branch, 0, "flag2").unwrap();
+        check(&g);
+    }
+
+    #[test]
+    fn failed_edits_leave_the_graph_as_it_was() {
+        let m = model(vec![
+            node("Relu", "a", &["x"], &["t"]),
+            node("Mul", "b", &["t", "w"], &["y"]),
+        ]);
+        let mut g = Graph::lift(m.clone()).unwrap();
+        assert!(matches!(
+            g.add_nodes([
+                node("Relu", "c", &["t"], &["fresh"]),
+                node("Relu", "d", &["missing"], &["z"]),
+            ]),
+            Err(GraphError::Dangling { value, .. }) if value == "missing"
+        ));
+        assert!(matches!(
+            g.add_node(node("Relu", "e", &["x"], &["t"])),
+            Err(GraphError::DuplicateName { value, .. }) if value == "t"
+        ));
+        let b = g.producer_node("y").unwrap();
+        assert!(g.set_input(b, 0, "missing").is_err());
+        assert!(g.update_node(b, |n| n.output[0] = "t".into()).is_err());
+        assert_eq!(g.lower().unwrap(), m);
+        assert_eq!(g.dag().edge_count(), 1);
+        assert_eq!(g.producer("fresh"), None);
     }
 }

@@ -3,7 +3,7 @@
 use crate::analysis::units::{discover_units, LayerAnalysis, UnitKind};
 use crate::ir::{Graph, GraphError};
 use crate::onnx::ModelProto;
-use crate::pass::{run_pipeline, Pass, PassError};
+use crate::pass::{Driver, PassError};
 use crate::passes::ReplaceFrozenUnits;
 use crate::plan::{make_plan, Plan, PlanError, PlanOptions};
 
@@ -91,16 +91,15 @@ pub fn rewrite(model: ModelProto, opts: &RewriteOptions) -> Result<Rewritten, Re
         analysis,
         plan,
     } = plan_model(model, opts)?;
-    let before = graph.initializers.len();
+    let before = graph.initializers().len();
     let mut replace = ReplaceFrozenUnits {
         plan: plan.clone(),
         init_a: opts.init_a,
         init_b: opts.init_b,
     };
-    let passes: &mut [&mut dyn Pass] = &mut [&mut replace];
-    run_pipeline(&mut graph, passes)?;
+    Driver::new().run(&mut graph, &mut replace)?;
     let added = 2 * plan.frozen.len();
-    let tensors_removed = (before + added).saturating_sub(graph.initializers.len());
+    let tensors_removed = (before + added).saturating_sub(graph.initializers().len());
     let model = graph.lower()?;
     Ok(Rewritten {
         model,

@@ -29,7 +29,7 @@ fn differentiate_all(name: &str, mut g: Graph, input: &str, shape: Vec<usize>, l
     let inputs = [(input.to_owned(), shape)];
     let inference = infer(&g, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut wrt: Vec<String> = g
-        .initializers
+        .initializers()
         .iter()
         .filter(|(_, t)| rl_passes::tensor::is_float(t.data_type()))
         .map(|(n, _)| n.clone())

@@ -376,13 +376,12 @@ fn dump_for_ort(
 /// those values and never uses these ops) is checked unchanged.
 fn tract_f64_workarounds(g: &mut Graph) {
     let targets: Vec<_> = g
-        .dag
         .node_indices()
-        .filter(|&i| g.dag[i].name().starts_with("fwd/"))
-        .filter(|&i| matches!(g.dag[i].op_type(), "Sigmoid" | "Tanh" | "Erf" | "Gemm"))
+        .filter(|&i| g.node(i).name().starts_with("fwd/"))
+        .filter(|&i| matches!(g.node(i).op_type(), "Sigmoid" | "Tanh" | "Erf" | "Gemm"))
         .collect();
     for i in targets {
-        let n = g.dag[i].clone();
+        let n = g.node(i).clone();
         let (x, y) = (n.input[0].clone(), n.output[0].clone());
         let p = |s: &str| format!("tw/{y}/{s}");
         let mut c = |name: &str, v: f64| {
@@ -1182,17 +1181,16 @@ fn tract_training_workarounds(
     let get_i =
         |n: &NodeProto, a: &str| n.attribute.iter().find(|x| x.name() == a).and_then(|x| x.i);
     let targets: Vec<_> = g
-        .dag
         .node_indices()
-        .filter(|&i| g.dag[i].name().starts_with("fwd/"))
+        .filter(|&i| g.node(i).name().starts_with("fwd/"))
         .filter(|&i| {
-            let n = &g.dag[i];
+            let n = g.node(i);
             matches!(n.op_type(), "BatchNormalization" | "LayerNormalization")
                 || (n.op_type() == "Dropout" && n.input.len() > 2)
         })
         .collect();
     for i in targets {
-        let n = g.dag[i].clone();
+        let n = g.node(i).clone();
         let y = n.output[0].clone();
         let p = |s: &str| format!("tw/{y}/{s}");
         let shape = types[&n.input[0]].shape.clone();

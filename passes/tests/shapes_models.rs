@@ -33,7 +33,7 @@ fn every_zoo_model_infers_its_logits_shape() {
                 "{name} {opts:?}"
             );
             // Every value of the graph has a type.
-            for n in g.dag.node_weights() {
+            for n in g.nodes().map(|(_, n)| n) {
                 for o in n.output.iter().filter(|o| !o.is_empty()) {
                     assert!(types.contains_key(o), "{name}: {o}");
                 }

@@ -119,7 +119,7 @@ impl Pass for NchwcConvs {
         };
         let mut chosen = Vec::new();
         for index in graph.topological_order()? {
-            let n = &graph.dag[index];
+            let n = graph.node(index);
             if n.op_type() != "Conv" || n.input.len() < 2 || n.output.len() != 1 {
                 continue;
             }

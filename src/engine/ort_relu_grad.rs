@@ -35,10 +35,9 @@ impl Pass for FusedReluGrads {
                 .filter(|t| t.dtype == DataType::Float as i32)
         };
         let chosen: Vec<_> = graph
-            .dag
             .node_indices()
             .filter_map(|i| {
-                let n = &graph.dag[i];
+                let n = graph.node(i);
                 let note: ReluGradNote = note(n, RELU_GRAD_NOTE)?;
                 let (y, dy) = (float(&note.y)?, float(&note.dy)?);
                 (y.shape == dy.shape && n.output.len() == 1).then_some((i, note))

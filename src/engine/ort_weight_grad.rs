@@ -55,7 +55,7 @@ impl NchwcWeightGrads {
 
 /// The output of a ReorderInput of `value` already in the graph, or of a new one.
 fn blocked(graph: &mut Graph, value: &str) -> Result<String, PassError> {
-    let existing = graph.dag.node_weights().find(|n| {
+    let existing = graph.nodes().map(|(_, n)| n).find(|n| {
         n.op_type() == "ReorderInput"
             && n.domain() == NCHWC_DOMAIN
             && n.input.first().is_some_and(|i| i == value)
@@ -92,9 +92,8 @@ impl Pass for NchwcWeightGrads {
             return Ok(Changed::No);
         }
         let chosen: Vec<_> = graph
-            .dag
             .node_indices()
-            .filter_map(|i| self.eligible(&graph.dag[i]).map(|note| (i, note)))
+            .filter_map(|i| self.eligible(graph.node(i)).map(|note| (i, note)))
             .collect();
         if chosen.is_empty() {
             return Ok(Changed::No);

@@ -19,10 +19,10 @@ const NONDETERMINISTIC: &[&str] = &[
 /// These are parameters and their plumbing (Constant, Identity/Cast of an initializer, folded shapes), not data
 /// flow; layer discovery sets them aside.
 pub fn constant_values(g: &Graph) -> HashSet<String> {
-    let mut constants: HashSet<String> = g.initializers.keys().cloned().collect();
+    let mut constants: HashSet<String> = g.initializers().keys().cloned().collect();
     let order = g.topological_order().unwrap_or_default();
     for index in order {
-        let node = &g.dag[index];
+        let node = g.node(index);
         if NONDETERMINISTIC.contains(&node.op_type())
             || !node.domain().is_empty() && node.domain() != "ai.onnx"
         {
@@ -33,7 +33,7 @@ pub fn constant_values(g: &Graph) -> HashSet<String> {
             .iter()
             .all(|i| i.is_empty() || constants.contains(i));
         let has_implicit = g
-            .dag
+            .dag()
             .edges_directed(index, petgraph::Direction::Incoming)
             .any(|e| e.weight().to_slot == IMPLICIT_INPUT)
             || node
@@ -53,7 +53,7 @@ pub fn is_constant_node(
     index: petgraph::stable_graph::NodeIndex,
     constants: &HashSet<String>,
 ) -> bool {
-    g.dag[index]
+    g.node(index)
         .output
         .iter()
         .filter(|o| !o.is_empty())

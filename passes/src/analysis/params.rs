@@ -22,7 +22,7 @@ pub struct ParamRef {
 }
 
 fn constant_tensor(g: &Graph, index: NodeIndex) -> Option<&TensorProto> {
-    let node = &g.dag[index];
+    let node = g.node(index);
     if node.op_type() != "Constant" {
         return None;
     }
@@ -38,7 +38,7 @@ pub fn trace_param(g: &Graph, value: &str) -> Option<ParamRef> {
     let mut current = value.to_owned();
     let mut cast_to: Option<i32> = None;
     loop {
-        if let Some(t) = g.initializers.get(&current) {
+        if let Some(t) = g.initializer(&current) {
             chain.reverse();
             return Some(ParamRef {
                 value: value.to_owned(),
@@ -50,7 +50,7 @@ pub fn trace_param(g: &Graph, value: &str) -> Option<ParamRef> {
             });
         }
         let index = g.producer_node(&current)?;
-        let node = &g.dag[index];
+        let node = g.node(index);
         match node.op_type() {
             "Identity" | "Cast" if node.domain().is_empty() => {
                 if node.op_type() == "Cast" && cast_to.is_none() {
@@ -84,7 +84,7 @@ pub fn trace_param(g: &Graph, value: &str) -> Option<ParamRef> {
 pub fn root_tensor<'g>(g: &'g Graph, p: &ParamRef) -> Option<&'g TensorProto> {
     match p.constant_node {
         Some(index) => constant_tensor(g, index),
-        None => g.initializers.get(&p.root),
+        None => g.initializer(&p.root),
     }
 }
 

@@ -46,7 +46,7 @@ pub fn cut_chain(g: &Graph, flow: &[NodeIndex]) -> Vec<NodeIndex> {
     let data_inputs: HashSet<String> = g.data_inputs().into_iter().collect();
     let outputs: HashSet<&str> = g.proto.output.iter().map(|o| o.name()).collect();
     for &n in flow {
-        let node = &g.dag[n];
+        let node = g.node(n);
         if node.input.iter().any(|i| data_inputs.contains(i))
             || g.predecessors(n).iter().all(|p| !local.contains_key(p))
         {

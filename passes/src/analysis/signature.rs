@@ -86,7 +86,7 @@ pub fn signature(g: &Graph, nodes: &[NodeIndex], constants: &HashSet<String>) ->
         nodes.iter().enumerate().map(|(k, &n)| (n, k)).collect();
     let mut out = String::new();
     for &index in nodes {
-        let node = &g.dag[index];
+        let node = g.node(index);
         let _ = write!(out, "{}:{}(", node.domain(), node.op_type());
         let mut attrs: Vec<String> = node.attribute.iter().map(attribute_key).collect();
         attrs.sort();
@@ -114,7 +114,8 @@ pub fn signature(g: &Graph, nodes: &[NodeIndex], constants: &HashSet<String>) ->
                     None => out.push_str("C:computed"),
                 }
             } else if let Some(p) = g.producer_node(input).and_then(|p| position.get(&p)) {
-                let slot = g.dag[g.producer_node(input).expect("checked")]
+                let slot = g
+                    .node(g.producer_node(input).expect("checked"))
                     .output
                     .iter()
                     .position(|o| o == input);

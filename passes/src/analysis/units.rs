@@ -112,7 +112,7 @@ impl LayerAnalysis {
 fn param_uses(g: &Graph, nodes: &[NodeIndex], constants: &HashSet<String>) -> Vec<UnitParam> {
     let mut out = Vec::new();
     for (ordinal, &index) in nodes.iter().enumerate() {
-        let node = &g.dag[index];
+        let node = g.node(index);
         for (slot, input) in node.input.iter().enumerate() {
             if input.is_empty() || !constants.contains(input) {
                 continue;
@@ -200,7 +200,7 @@ fn repetitions(signatures: &[String], start: usize, p: usize) -> usize {
 }
 
 fn int_list(g: &Graph, index: NodeIndex, name: &str) -> Vec<i64> {
-    g.dag[index]
+    g.node(index)
         .attribute
         .iter()
         .find(|a| a.name() == name)
@@ -212,7 +212,7 @@ fn int_list(g: &Graph, index: NodeIndex, name: &str) -> Vec<i64> {
 /// block's inner layers change widths (bottlenecks, MLPs) and restore them, and a block whose output width
 /// differs from its input width has parameter shapes unlike its neighbours' anyway.
 fn node_changes_shape(g: &Graph, index: NodeIndex, params: &[UnitParam], kind: UnitKind) -> bool {
-    let node = &g.dag[index];
+    let node = g.node(index);
     let weight = params
         .iter()
         .find(|p| p.consumer == index && p.key.1 == 1 && p.role == ParamRole::Learnable);
@@ -286,7 +286,7 @@ fn unit_name(g: &Graph, nodes: &[NodeIndex], params: &[UnitParam], index: usize)
     }
     let node_names: Vec<&str> = nodes
         .iter()
-        .map(|&n| g.dag[n].name())
+        .map(|&n| g.node(n).name())
         .filter(|n| !n.is_empty())
         .collect();
     let by_nodes = common_prefix(&node_names);
@@ -325,7 +325,7 @@ fn layer_groups(g: &Graph, flow: &[NodeIndex], constants: &HashSet<String>) -> V
     let consumers = g.consumers();
     let mut groups = Vec::new();
     for &index in flow {
-        let node = &g.dag[index];
+        let node = g.node(index);
         if !matches!(node.op_type(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul") {
             continue;
         }
@@ -341,14 +341,14 @@ fn layer_groups(g: &Graph, flow: &[NodeIndex], constants: &HashSet<String>) -> V
         let mut group = vec![index];
         let mut tail = index;
         for _ in 0..2 {
-            let out = &g.dag[tail].output[0];
+            let out = &g.node(tail).output[0];
             let readers = consumers.get(out).map(Vec::as_slice).unwrap_or_default();
             let [(next, _)] = readers else { break };
-            let next_node = &g.dag[*next];
+            let next_node = g.node(*next);
             let follows = match next_node.op_type() {
-                "BatchNormalization" => g.dag[tail].op_type() != "BatchNormalization",
+                "BatchNormalization" => g.node(tail).op_type() != "BatchNormalization",
                 "Add" => {
-                    matches!(g.dag[tail].op_type(), "MatMul")
+                    matches!(g.node(tail).op_type(), "MatMul")
                         && next_node
                             .input
                             .iter()

@@ -394,7 +394,7 @@ pub fn differentiate_with(
     // Float values that depend on some wrt value.
     let mut live: HashSet<String> = wrt.iter().cloned().collect();
     for &i in &order {
-        let n = &g.dag[i];
+        let n = g.node(i);
         if n.input.iter().any(|v| live.contains(v)) {
             live.extend(
                 n.output
@@ -407,7 +407,7 @@ pub fn differentiate_with(
     // Values the loss depends on.
     let mut needed: HashSet<String> = HashSet::from([loss.to_owned()]);
     for &i in order.iter().rev() {
-        let n = &g.dag[i];
+        let n = g.node(i);
         if n.output.iter().any(|o| needed.contains(o)) {
             needed.extend(n.input.iter().filter(|v| !v.is_empty()).cloned());
         }
@@ -419,7 +419,7 @@ pub fn differentiate_with(
     contrib.insert(loss.to_owned(), vec![seed]);
 
     for &i in order.iter().rev() {
-        let node = &g.dag[i];
+        let node = g.node(i);
         let on_path = node
             .output
             .iter()

@@ -22,7 +22,7 @@ fn invalid(message: String) -> PassError {
 }
 
 fn stored_f32(g: &Graph, name: &str, role: &str, tensor: &str) -> Result<Vec<f32>, PassError> {
-    let t = g.initializers.get(name).ok_or_else(|| {
+    let t = g.initializer(name).ok_or_else(|| {
         invalid(format!("{role} '{name}' of '{tensor}' is not a stored tensor; bake needs a model whose parameters are initializers"))
     })?;
     f32_values(t).ok_or_else(|| {
@@ -60,11 +60,11 @@ impl Pass for BakeIntegrations {
                         p.tensor
                     )));
                 };
-                if g.dag[add].name() != IntegrationNode::Add.name(&p.tensor) {
+                if g.node(add).name() != IntegrationNode::Add.name(&p.tensor) {
                     return Err(invalid(format!(
                         "'{}' is produced by node '{}', not by its integration subgraph",
                         p.tensor,
-                        g.dag[add].name()
+                        g.node(add).name()
                     )));
                 }
                 let prev = stored_f32(g, &p.prev, "prev tensor", &p.tensor)?;
@@ -84,9 +84,9 @@ impl Pass for BakeIntegrations {
         for t in &baked {
             let names = IntegrationNames::of(t.name());
             let indices: Vec<_> = g
-                .dag
-                .node_indices()
-                .filter(|&i| names.nodes().contains(&g.dag[i].name()))
+                .nodes()
+                .filter(|(_, n)| names.nodes().contains(&n.name()))
+                .map(|(i, _)| i)
                 .collect();
             for i in indices {
                 g.remove_node(i);
@@ -94,7 +94,7 @@ impl Pass for BakeIntegrations {
         }
         for unit in &plan.frozen {
             for scalar in [&unit.a, &unit.b] {
-                let still_read = g.dag.node_weights().any(|n| n.input.contains(scalar));
+                let still_read = g.readers(scalar).next().is_some();
                 if !still_read {
                     g.remove_initializer(scalar);
                 }
@@ -104,7 +104,6 @@ impl Pass for BakeIntegrations {
             debug_assert_eq!(t.data_type(), DataType::Float as i32);
             g.add_initializer(t);
         }
-        g.relink()?;
         contract::remove_plan(&mut g.model);
         Ok(Changed::Yes)
     }

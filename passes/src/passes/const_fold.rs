@@ -2,7 +2,7 @@
 //!
 //! Two rewrites, both exact:
 //! - `Identity` of an initializer: its consumers read the initializer directly (the node goes; an Identity
-//!   whose output is a graph output stays);
+//!   whose output is a graph output or is read inside a subgraph stays);
 //! - integer nodes whose every output is evaluated statically by [`crate::analysis::shapes::infer`] (`Shape`
 //!   of a statically-shaped value and the `Gather`/`Concat`/`Unsqueeze`/… chains over it, integer `Constant`s)
 //!   become int64/int32 initializers.
@@ -13,7 +13,7 @@
 use bytes::Bytes;
 
 use crate::analysis::shapes::infer;
-use crate::ir::{Graph, Producer};
+use crate::ir::{Graph, Producer, IMPLICIT_INPUT};
 use crate::onnx::{tensor_proto::DataType, TensorProto};
 use crate::pass::{Changed, Pass, PassError};
 
@@ -47,29 +47,26 @@ impl ConstantFolding {
     fn fold_identities(&self, g: &mut Graph) -> Result<bool, PassError> {
         let outputs: Vec<String> = g.proto.output.iter().map(|o| o.name().to_owned()).collect();
         let identities: Vec<_> = g
-            .dag
-            .node_indices()
-            .filter(|&i| {
-                let n = &g.dag[i];
+            .nodes()
+            .filter(|(_, n)| {
                 n.op_type() == "Identity"
                     && (n.domain().is_empty() || n.domain() == "ai.onnx")
                     && n.input.len() == 1
                     && g.producer(&n.input[0]) == Some(Producer::Initializer)
                     && !outputs.contains(&n.output[0])
+                    // A subgraph reading the output would need its body rewritten.
+                    && g.readers(&n.output[0]).all(|(_, slot)| slot != IMPLICIT_INPUT)
             })
+            .map(|(i, _)| i)
             .collect();
         if identities.is_empty() {
             return Ok(false);
         }
-        let consumers = g.consumers();
         for i in identities {
-            let (src, out) = (g.dag[i].input[0].clone(), g.dag[i].output[0].clone());
-            for &(c, slot) in consumers.get(&out).into_iter().flatten() {
-                g.dag[c].input[slot] = src.clone();
-            }
+            let (src, out) = (g.node(i).input[0].clone(), g.node(i).output[0].clone());
+            g.replace_all_uses(&out, &src)?;
             g.remove_node(i);
         }
-        g.relink()?;
         Ok(true)
     }
 
@@ -79,8 +76,7 @@ impl ConstantFolding {
             return Ok(false);
         };
         let mut folded = Vec::new();
-        for i in g.dag.node_indices() {
-            let n = &g.dag[i];
+        for (i, n) in g.nodes() {
             let plain = (n.domain().is_empty() || n.domain() == "ai.onnx")
                 && n.attribute
                     .iter()
@@ -110,7 +106,6 @@ impl ConstantFolding {
                 g.add_initializer(int_tensor(o, t.dtype, &t.shape, &inf.values[o]));
             }
         }
-        g.relink()?;
         Ok(true)
     }
 }
@@ -175,7 +170,7 @@ mod tests {
         let ops: Vec<_> = out.node.iter().map(|n| n.op_type()).collect();
         assert_eq!(ops, ["Mul", "Reshape"]);
         assert_eq!(out.node[0].input, ["x", "w"]);
-        assert_eq!(int_values(&g.initializers["s"]).unwrap(), [2, 3]);
+        assert_eq!(int_values(&g.initializers()["s"]).unwrap(), [2, 3]);
         assert_eq!(pass.run(&mut g).unwrap(), Changed::No);
     }
 }

@@ -11,10 +11,9 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
-use petgraph::Direction;
 use prost::Message;
 
-use crate::ir::{implicit_inputs, Graph, IMPLICIT_INPUT};
+use crate::ir::{Graph, NodeIndex, IMPLICIT_INPUT};
 use crate::onnx::{NodeProto, TensorProto};
 use crate::pass::{Changed, Pass, PassError};
 
@@ -104,14 +103,16 @@ impl Pass for CommonSubexpressionElimination {
             g.proto.output.iter().map(|o| o.name().to_owned()).collect();
         let graph_inputs: HashSet<String> =
             g.proto.input.iter().map(|i| i.name().to_owned()).collect();
-        let read_by_subgraphs: HashSet<String> =
-            g.dag.node_weights().flat_map(implicit_inputs).collect();
+        let read_by_subgraphs: HashSet<String> = g
+            .node_indices()
+            .flat_map(|i| g.implicit_inputs(i).iter().cloned())
+            .collect();
 
-        // Value → the equal value its readers read instead.
-        let mut canonical: HashMap<String, String> = HashMap::new();
+        // Initializer → the equal one its readers read instead.
+        let mut canonical: Vec<(String, String)> = Vec::new();
         let mut first_with_value: HashMap<Vec<u8>, String> = HashMap::new();
         let mut duplicate_initializers = Vec::new();
-        for (name, t) in &g.initializers {
+        for (name, t) in g.initializers() {
             if crate::tensor::numel(t) > SMALL_INITIALIZER
                 || !t.external_data.is_empty()
                 || graph_inputs.contains(name)
@@ -122,7 +123,7 @@ impl Pass for CommonSubexpressionElimination {
             }
             match first_with_value.entry(tensor_key(t)) {
                 Entry::Occupied(e) => {
-                    canonical.insert(name.clone(), e.get().clone());
+                    canonical.push((name.clone(), e.get().clone()));
                     duplicate_initializers.push(name.clone());
                 }
                 Entry::Vacant(e) => {
@@ -131,17 +132,16 @@ impl Pass for CommonSubexpressionElimination {
             }
         }
 
-        // In topological order every input is canonical before its reader is compared.
-        let mut first_computing: HashMap<NodeKey, petgraph::stable_graph::NodeIndex> =
-            HashMap::new();
+        for (name, kept) in &canonical {
+            g.replace_all_uses(name, kept)?;
+        }
+
+        // In topological order every input is canonical before its reader is compared: a duplicate's readers
+        // come after it and are rewired to the kept node's outputs at once.
+        let mut first_computing: HashMap<NodeKey, NodeIndex> = HashMap::new();
         let mut duplicate_nodes = Vec::new();
         for i in g.topological_order()? {
-            for v in g.dag[i].input.iter_mut() {
-                if let Some(c) = canonical.get(v) {
-                    *v = c.clone();
-                }
-            }
-            let n = &g.dag[i];
+            let n = g.node(i);
             if !mergeable(n) {
                 continue;
             }
@@ -151,17 +151,18 @@ impl Pass for CommonSubexpressionElimination {
                 }
                 Entry::Occupied(e) => {
                     let writes_graph_output = n.output.iter().any(|o| graph_outputs.contains(o));
-                    let read_by_subgraph = g
-                        .dag
-                        .edges_directed(i, Direction::Outgoing)
-                        .any(|e| e.weight().to_slot == IMPLICIT_INPUT);
+                    let read_by_subgraph = n
+                        .output
+                        .iter()
+                        .any(|o| g.readers(o).any(|(_, slot)| slot == IMPLICIT_INPUT));
                     if writes_graph_output || read_by_subgraph {
                         continue;
                     }
-                    let kept = &g.dag[*e.get()];
-                    for (o, k) in n.output.iter().zip(&kept.output) {
+                    let kept = g.node(*e.get()).output.clone();
+                    let outputs = n.output.clone();
+                    for (o, k) in outputs.iter().zip(&kept) {
                         if !o.is_empty() {
-                            canonical.insert(o.clone(), k.clone());
+                            g.replace_all_uses(o, k)?;
                         }
                     }
                     duplicate_nodes.push(i);
@@ -169,7 +170,7 @@ impl Pass for CommonSubexpressionElimination {
             }
         }
 
-        Ok(if g.prune(duplicate_nodes, duplicate_initializers)? {
+        Ok(if g.prune(duplicate_nodes, duplicate_initializers) {
             Changed::Yes
         } else {
             Changed::No
@@ -273,7 +274,7 @@ mod tests {
                 ("y".into(), vec!["mean_a".into(), "mean_a".into()]),
             ]
         );
-        let inits: Vec<&String> = g.initializers.keys().collect();
+        let inits: Vec<&String> = g.initializers().keys().collect();
         assert_eq!(inits, ["axes_a", "count_a"]);
         assert_eq!(cse.run(&mut g).unwrap(), Changed::No);
     }
@@ -332,7 +333,7 @@ mod tests {
                 "z"
             ]
         );
-        assert_eq!(g.dag.node_count(), 10);
+        assert_eq!(g.node_count(), 10);
     }
 
     #[test]
@@ -359,7 +360,7 @@ mod tests {
             CommonSubexpressionElimination.run(&mut g).unwrap(),
             Changed::No
         );
-        assert_eq!(g.dag.node_count(), 7);
-        assert_eq!(g.initializers.len(), 2);
+        assert_eq!(g.node_count(), 7);
+        assert_eq!(g.initializers().len(), 2);
     }
 }

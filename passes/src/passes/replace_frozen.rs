@@ -44,7 +44,7 @@ fn remove_storage(g: &mut Graph, value: &str) {
                 let Some(upstream) = node.input.first().filter(|i| !i.is_empty()).cloned() else {
                     return;
                 };
-                let still_read = g.dag.node_weights().any(|n| n.input.contains(&upstream))
+                let still_read = g.readers(&upstream).next().is_some()
                     || g.proto.output.iter().any(|o| o.name() == upstream);
                 if still_read {
                     return;
@@ -199,15 +199,17 @@ mod tests {
         }
         .run(&mut g)
         .unwrap();
-        let producer = g.producer_node("w1").map(|i| g.dag[i].op_type().to_owned());
+        let producer = g
+            .producer_node("w1")
+            .map(|i| g.node(i).op_type().to_owned());
         assert_eq!(
             producer.as_deref(),
             Some("Add"),
             "w1 is now made by the integration subgraph"
         );
-        assert!(g.initializers.contains_key("shared"));
-        assert!(g.dag.node_weights().any(|n| n.name() == "dedup2"));
-        assert!(!g.dag.node_weights().any(|n| n.name() == "dedup1"));
+        assert!(g.initializers().contains_key("shared"));
+        assert!(g.nodes().any(|(_, n)| n.name() == "dedup2"));
+        assert!(!g.nodes().any(|(_, n)| n.name() == "dedup1"));
         g.lower().unwrap();
     }
 
@@ -262,7 +264,7 @@ mod tests {
         }
         .run(&mut g)
         .unwrap();
-        assert!(!g.initializers.contains_key("w1"));
+        assert!(!g.initializers().contains_key("w1"));
         assert!(contract::read_plan(&g.model).unwrap().is_some());
         let ops: Vec<String> = g
             .lower()

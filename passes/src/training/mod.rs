@@ -42,12 +42,16 @@
 //! the stored defaults.
 
 mod batchnorm;
+mod bn_lowering;
+mod bn_training_mode;
 mod builder;
+mod dropout_training;
+mod error;
+mod inference_mode;
 pub mod loss;
 pub mod optimizer;
 mod step;
 
+pub use error::TrainError;
 pub use optimizer::{next_name, Optimizer, StateTensor, ADAMW_STEP};
-pub use step::{
-    compile_train, ManifestTensor, TrainError, TrainManifest, TrainOptions, TrainingModels,
-};
+pub use step::{compile_train, ManifestTensor, TrainManifest, TrainOptions, TrainingModels};

@@ -4,22 +4,24 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::batchnorm::{
-    batchnorm_training_mode, bn_tensors, dropout_training, inference_mode, lower_batchnorm_training,
-};
+use super::batchnorm::{bn_tensors, running_statistics};
+use super::bn_lowering::LowerBatchNormTraining;
+use super::bn_training_mode::BatchNormTrainingMode;
 use super::builder::{value_info, zeros, Builder};
+use super::dropout_training::DropoutTrainingMode;
+use super::error::TrainError;
+use super::inference_mode::InferenceMode;
 use super::loss::softmax_cross_entropy;
 use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
-use crate::analysis::shapes::{infer, infer_shapes, ShapeError, TensorType};
-use crate::autodiff::{differentiate_with, AutodiffError, DiffOptions};
-use crate::contract::{self, ContractError, IntegrationNames};
+use crate::analysis::shapes::{infer, infer_shapes, TensorType};
+use crate::autodiff::{differentiate_with, DiffOptions};
+use crate::contract::{self, IntegrationNames};
 use crate::ir::{Graph, GraphError, Producer};
 use crate::onnx::{
     tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto,
     TensorProto,
 };
-use crate::pass::{run_pipeline, Pass, PassError};
-use crate::passes::{CommonSubexpressionElimination, ConstantFolding, DeadCodeElimination};
+use crate::pass::Driver;
 use crate::tensor::dtype_name;
 
 const LABELS: &str = "labels";
@@ -52,26 +54,6 @@ impl Default for TrainOptions {
             decay_all: false,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Graph(#[from] GraphError),
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-    #[error(transparent)]
-    Autodiff(#[from] AutodiffError),
-    #[error(transparent)]
-    Pass(#[from] PassError),
-    #[error(transparent)]
-    Contract(#[from] ContractError),
-    #[error("{0}")]
-    Option(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("the name '{0}' that the training model needs is already used in the model")]
-    NameClash(String),
 }
 
 /// One input of the step model that has a `.next` output.
@@ -229,7 +211,7 @@ fn refresh_value_info(g: &mut Graph, types: &HashMap<String, TensorType>) {
 fn needed_values(g: &Graph, outputs: &[String]) -> Result<HashSet<String>, GraphError> {
     let mut needed: HashSet<String> = outputs.iter().cloned().collect();
     for i in g.topological_order()?.into_iter().rev() {
-        let n = &g.dag[i];
+        let n = g.node(i);
         if n.output.iter().any(|o| needed.contains(o)) {
             needed.extend(n.input.iter().filter(|v| !v.is_empty()).cloned());
         }
@@ -250,7 +232,7 @@ fn is_norm_param(
             continue;
         }
         for &(i, slot) in consumers.get(&v).into_iter().flatten() {
-            let n = &g.dag[i];
+            let n = g.node(i);
             match n.op_type() {
                 "BatchNormalization"
                 | "LayerNormalization"
@@ -312,19 +294,6 @@ fn input_shapes(g: &Graph) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-fn cleanup(g: &mut Graph) -> Result<(), TrainError> {
-    let mut fold = ConstantFolding {
-        inputs: input_shapes(g),
-    };
-    // Shares what several emitters compute alike, such as BatchNormalization's statistics in the forward and
-    // backward.
-    let mut cse = CommonSubexpressionElimination;
-    let mut dce = DeadCodeElimination;
-    let passes: &mut [&mut dyn Pass] = &mut [&mut fold, &mut cse, &mut dce];
-    run_pipeline(g, passes)?;
-    Ok(())
-}
-
 /// Compiles the training-step and eval models of a classifier (first output: logits `[N, classes]`).
 pub fn compile_train(
     model: &ModelProto,
@@ -363,7 +332,7 @@ pub fn compile_train(
         for p in plan.iter().flat_map(|p| &p.frozen).flat_map(|u| &u.params) {
             let IntegrationNames { mul_a, mul_b, .. } = IntegrationNames::of(&p.tensor);
             for node in [mul_a, mul_b] {
-                if !g.dag.node_weights().any(|n| n.name() == node) {
+                if !g.nodes().any(|(_, n)| n.name() == node) {
                     return Err(TrainError::Unsupported(format!(
                         "--detach-neighbours: the integration node '{node}' of the plan is not in the model"
                     )));
@@ -378,7 +347,7 @@ pub fn compile_train(
     let consumers = g.consumers();
     let (bn_stats, _) = bn_tensors(&g);
     let mut params: Vec<(String, TensorType, bool)> = Vec::new();
-    for (name, t) in &g.initializers {
+    for (name, t) in g.initializers() {
         let learnable = rl_scalars.contains(name) || crate::analysis::params::is_learnable(t);
         if !learnable || !needed.contains(name) || bn_stats.contains(name) {
             continue;
@@ -395,8 +364,15 @@ pub fn compile_train(
     }
 
     // BatchNormalization in training mode; running statistics become state.
-    dropout_training(&mut g, DROPOUT_TRAINING)?;
-    let running = batchnorm_training_mode(&mut g, &types)?;
+    let mut driver = Driver::new();
+    driver.run(
+        &mut g,
+        &mut DropoutTrainingMode {
+            flag: DROPOUT_TRAINING,
+        },
+    )?;
+    let running = running_statistics(&g, &types)?;
+    driver.run(&mut g, &mut BatchNormTrainingMode)?;
     let mut b = Builder::default();
 
     let mut taken = HashSet::new();
@@ -463,7 +439,13 @@ pub fn compile_train(
     let wrt: Vec<String> = params.iter().map(|(p, ..)| p.clone()).collect();
     let grads = differentiate_with(&mut g, LOSS, &wrt, &forward, &DiffOptions { stop })?;
     // Differentiated by their rule, the BatchNormalizations now become elementary ops that tract runs.
-    lower_batchnorm_training(&mut g, &mut b, &types)?;
+    driver.run(
+        &mut g,
+        &mut LowerBatchNormTraining {
+            builder: &mut b,
+            types: &types,
+        },
+    )?;
 
     // Optimizer.
     let updates: Vec<ParamUpdate> = params
@@ -517,9 +499,12 @@ pub fn compile_train(
             .push(value_info(&next_name(&r.name), r.ty.dtype, &r.ty.shape));
     }
     initial.extend(running_initial);
-    g.relink()?;
+    g.validate()?;
     refresh_value_info(&mut g, &forward.types);
-    cleanup(&mut g)?;
+    // Shares what several emitters compute alike, such as BatchNormalization's statistics in the forward and
+    // backward.
+    let shapes = input_shapes(&g);
+    driver.cleanup(&mut g, shapes)?;
 
     let manifest = TrainManifest {
         input: input.clone(),
@@ -574,7 +559,8 @@ fn eval_model(
         types,
         ..
     } = forward(model, opts.batch_size)?;
-    inference_mode(&mut g)?;
+    let mut driver = Driver::new();
+    driver.run(&mut g, &mut InferenceMode)?;
     let (n, k, dtype) = (opts.batch_size, logits_type.shape[1], logits_type.dtype);
     let mut b = Builder::default();
     softmax_cross_entropy(
@@ -607,8 +593,9 @@ fn eval_model(
     g.proto
         .output
         .push(value_info(CORRECT, DataType::Int64 as i32, &[]));
-    g.relink()?;
+    g.validate()?;
     refresh_value_info(&mut g, &types);
-    cleanup(&mut g)?;
+    let shapes = input_shapes(&g);
+    driver.cleanup(&mut g, shapes)?;
     Ok(g.lower()?)
 }

@@ -86,7 +86,7 @@ pub fn infer_shapes(
 /// [`infer_shapes`], keeping the evaluated integer values too.
 pub fn infer(g: &Graph, inputs: &[(String, Vec<usize>)]) -> Result<Inference, ShapeError> {
     let mut inf = Inference::default();
-    for (name, t) in &g.initializers {
+    for (name, t) in g.initializers() {
         let shape = t.dims.iter().map(|&d| d.max(0) as usize).collect();
         inf.types
             .insert(name.clone(), TensorType::new(t.data_type(), shape));
@@ -120,7 +120,7 @@ pub fn infer(g: &Graph, inputs: &[(String, Vec<usize>)]) -> Result<Inference, Sh
 
 /// Applies the rule of the node at `index` and records the types (and evaluated values) of its outputs.
 fn infer_at(g: &Graph, index: NodeIndex, inf: &mut Inference) -> Result<(), ShapeError> {
-    let node = &g.dag[index];
+    let node = g.node(index);
     let label = node_label(node, index);
     let mut ins = Vec::with_capacity(node.input.len());
     for i in &node.input {

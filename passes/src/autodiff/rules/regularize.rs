@@ -65,11 +65,11 @@ pub fn clip(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
 
 /// The value of a constant boolean (or integer) scalar of the forward graph.
 fn const_bool(ctx: &GradCtx, name: &str) -> Option<bool> {
-    let t = match ctx.graph.initializers.get(name) {
+    let t = match ctx.graph.initializer(name) {
         Some(t) => t.clone(),
         None => {
             let p = ctx.graph.producer_node(name)?;
-            let n = &ctx.graph.dag[p];
+            let n = ctx.graph.node(p);
             if n.op_type() != "Constant" {
                 return None;
             }
