@@ -1,6 +1,6 @@
 //! Every op of the zoo models and of the PyTorch exporter fixtures has a gradient rule: the loss
 //! `ReduceSum(logits)` differentiates with respect to every float initializer without error, and each
-//! gradient has its parameter's type. (Numerical correctness of each rule is `autodiff_fd.rs`'s job.)
+//! gradient has its parameter's type. (Numerical correctness of each rule is `tests/autodiff_fd`'s job.)
 
 use std::path::PathBuf;
 

@@ -210,6 +210,7 @@ fn patched(step: &ModelProto, model: &ModelProto, batch: &[usize]) -> ModelProto
     let types = rl_passes::analysis::shapes::infer_shapes(&g, &[(input, batch.to_vec())]).unwrap();
     let shapes = types.into_iter().map(|(k, t)| (k, t.shape)).collect();
     let mut m = step.clone();
+    // The ops of these step models that tract cannot run in float64.
     tract_f64_equivalents(&mut m, &shapes, |n| {
         matches!(n.op_type(), "Erf" | "LayerNormalization")
     });
