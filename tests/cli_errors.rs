@@ -7,10 +7,9 @@ use std::process::{Command, Output};
 
 use prost::Message;
 use rl_passes::onnx::{
-    tensor_proto::DataLocation, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, ValueInfoProto,
+    tensor_proto::DataLocation, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
 };
-use rl_passes::tensor::f32_tensor;
+use rl_passes::testing::{f32_tensor, node, untyped_value, ModelBuilder, NodeExt};
 
 // ---------------------------------------------------------------------------------------------------------
 // helpers
@@ -112,42 +111,15 @@ fn zoo_resnet20(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: Some(name.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn vi(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
-/// A model reading graph input `x` and producing graph output `y`.
+/// A model reading graph input `x` and producing graph output `y` (both untyped).
 fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>) -> ModelProto {
-    ModelProto {
-        ir_version: Some(8),
-        producer_name: Some("cli_errors test".into()),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node: nodes,
-            input: vec![vi("x")],
-            output: vec![vi("y")],
-            initializer: initializers,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    ModelBuilder::new("g")
+        .producer("cli_errors test")
+        .nodes(nodes)
+        .initializers(initializers)
+        .input_value(untyped_value("x"))
+        .output_value(untyped_value("y"))
+        .build()
 }
 
 fn write_model(path: &Path, m: &ModelProto) {
@@ -196,7 +168,7 @@ fn external_tensor(name: &str, location: &str) -> TensorProto {
 
 fn external_model(location: &str) -> ModelProto {
     model(
-        vec![node("Mul", "scale", &["x", "w"], &["y"])],
+        vec![node("Mul", &["x", "w"], &["y"]).named("scale")],
         vec![external_tensor("w", location)],
     )
 }
@@ -262,9 +234,9 @@ fn cyclic_graph() {
     // `a` reads `u`, which `b` computes from `a`'s output: the two nodes feed each other.
     let m = model(
         vec![
-            node("Add", "a", &["x", "u"], &["t"]),
-            node("Relu", "b", &["t"], &["u"]),
-            node("Relu", "c", &["t"], &["y"]),
+            node("Add", &["x", "u"], &["t"]).named("a"),
+            node("Relu", &["t"], &["u"]).named("b"),
+            node("Relu", &["t"], &["y"]).named("c"),
         ],
         vec![],
     );
@@ -292,8 +264,8 @@ fn input_that_nothing_produces() {
     let dir = tempdir();
     let m = model(
         vec![
-            node("Relu", "first", &["x"], &["t"]),
-            node("Add", "joiner", &["t", "ghost"], &["y"]),
+            node("Relu", &["x"], &["t"]).named("first"),
+            node("Add", &["t", "ghost"], &["y"]).named("joiner"),
         ],
         vec![],
     );
@@ -315,9 +287,9 @@ fn duplicate_output_names() {
     let dir = tempdir();
     let m = model(
         vec![
-            node("Relu", "left", &["x"], &["t"]),
-            node("Sigmoid", "right", &["x"], &["t"]),
-            node("Add", "sum", &["t", "t"], &["y"]),
+            node("Relu", &["x"], &["t"]).named("left"),
+            node("Sigmoid", &["x"], &["t"]).named("right"),
+            node("Add", &["t", "t"], &["y"]).named("sum"),
         ],
         vec![],
     );
@@ -344,7 +316,7 @@ fn unknown_initializer_data_type() {
     let mut w = f32_tensor("weird_weight", &[1], &[2.0]);
     w.data_type = Some(99);
     let m = model(
-        vec![node("Mul", "scale", &["x", "weird_weight"], &["y"])],
+        vec![node("Mul", &["x", "weird_weight"], &["y"]).named("scale")],
         vec![w],
     );
     write_model(&dir.path().join("dtype.onnx"), &m);
@@ -500,8 +472,8 @@ fn nothing_freezable_tiny_model() {
     let dir = tempdir();
     let m = model(
         vec![
-            node("Relu", "r1", &["x"], &["t"]),
-            node("Relu", "r2", &["t"], &["y"]),
+            node("Relu", &["x"], &["t"]).named("r1"),
+            node("Relu", &["t"], &["y"]).named("r2"),
         ],
         vec![],
     );

@@ -6,21 +6,13 @@ mod common;
 use std::process::Command;
 
 use prost::Message;
-use rl_passes::onnx::{
-    tensor_shape_proto::dimension::Value as Dim, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto,
-};
-use rl_passes::tensor::f32_tensor;
+use rl_passes::onnx::{tensor_proto::DataType, ModelProto};
+use rl_passes::testing::{f32_tensor, node, sym, ModelBuilder, NodeExt};
 
 /// x [N, 8] → 4 residual blocks h = h + Relu(h·W_k) → logits = h·W_out.
 fn residual_mlp() -> ModelProto {
-    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
+    // Nodes are named after their output.
+    let named = |op: &str, inputs: &[&str], output: &str| node(op, inputs, &[output]).named(output);
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
     let mut h = "x".to_owned();
@@ -30,13 +22,13 @@ fn residual_mlp() -> ModelProto {
             .map(|i| ((i * 7 + k * 13) % 17) as f32 / 40.0 - 0.2)
             .collect();
         inits.push(f32_tensor(&w, &[8, 8], &values));
-        nodes.push(node("MatMul", &[&h, &w], &format!("blocks.{k}.mm")));
-        nodes.push(node(
+        nodes.push(named("MatMul", &[&h, &w], &format!("blocks.{k}.mm")));
+        nodes.push(named(
             "Relu",
             &[&format!("blocks.{k}.mm")],
             &format!("blocks.{k}.relu"),
         ));
-        nodes.push(node(
+        nodes.push(named(
             "Add",
             &[&h, &format!("blocks.{k}.relu")],
             &format!("blocks.{k}.out"),
@@ -50,29 +42,13 @@ fn residual_mlp() -> ModelProto {
             .map(|i| (i % 5) as f32 / 10.0 - 0.2)
             .collect::<Vec<_>>(),
     ));
-    nodes.push(node("MatMul", &[&h, "head.weight"], "logits"));
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("residual_mlp".into()),
-            node: nodes,
-            initializer: inits,
-            input: vec![common::float_value(
-                "x",
-                vec![Dim::DimParam("N".into()), Dim::DimValue(8)],
-            )],
-            output: vec![common::float_value(
-                "logits",
-                vec![Dim::DimParam("N".into()), Dim::DimValue(3)],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    nodes.push(named("MatMul", &[&h, "head.weight"], "logits"));
+    ModelBuilder::new("residual_mlp")
+        .nodes(nodes)
+        .initializers(inits)
+        .input("x", DataType::Float, [sym("N"), 8.into()])
+        .output("logits", DataType::Float, [sym("N"), 3.into()])
+        .build()
 }
 
 #[test]

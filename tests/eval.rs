@@ -6,61 +6,27 @@ mod common;
 use std::process::Command;
 
 use prost::Message;
-use rl_passes::onnx::{
-    attribute_proto::AttributeType, tensor_shape_proto::dimension::Value as Dim, AttributeProto,
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-};
-use rl_passes::tensor::f32_tensor;
+use rl_passes::onnx::{tensor_proto::DataType, ModelProto};
+use rl_passes::testing::{node, sym, ModelBuilder, NodeExt};
 use rl_rewrite::data::{open, DataSpec, Split};
 use tract_onnx::prelude::tract_ndarray::{Array1, Array2, Axis};
 
 /// Flatten → Gemm(W, b) with W: [10, 784] (transB) and b: [10].
 fn linear_model(w: &Array2<f32>, b: &Array1<f32>) -> ModelProto {
-    let node = |op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute: attrs,
-        ..Default::default()
-    };
-    let int_attr = |name: &str, v: i64| AttributeProto {
-        name: Some(name.into()),
-        i: Some(v),
-        r#type: Some(AttributeType::Int as i32),
-        ..Default::default()
-    };
-    let n = || Dim::DimParam("N".into());
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("mnist_linear".into()),
-            node: vec![
-                node("Flatten", &["image"], "flat", vec![int_attr("axis", 1)]),
-                node(
-                    "Gemm",
-                    &["flat", "w", "b"],
-                    "logits",
-                    vec![int_attr("transB", 1)],
-                ),
-            ],
-            initializer: vec![
-                f32_tensor("w", &[10, 784], w.as_slice().unwrap()),
-                f32_tensor("b", &[10], b.as_slice().unwrap()),
-            ],
-            input: vec![common::float_value(
-                "image",
-                [n(), Dim::DimValue(1), Dim::DimValue(28), Dim::DimValue(28)],
-            )],
-            output: vec![common::float_value("logits", [n(), Dim::DimValue(10)])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    // Nodes are named after their output.
+    let named = |op: &str, inputs: &[&str], output: &str| node(op, inputs, &[output]).named(output);
+    ModelBuilder::new("mnist_linear")
+        .node(named("Flatten", &["image"], "flat").int("axis", 1))
+        .node(named("Gemm", &["flat", "w", "b"], "logits").int("transB", 1))
+        .f32_initializer("w", &[10, 784], w.as_slice().unwrap())
+        .f32_initializer("b", &[10], b.as_slice().unwrap())
+        .input(
+            "image",
+            DataType::Float,
+            [sym("N"), 1.into(), 28.into(), 28.into()],
+        )
+        .output("logits", DataType::Float, [sym("N"), 10.into()])
+        .build()
 }
 
 fn load(split: Split) -> (Array2<f32>, Vec<i64>) {

@@ -5,46 +5,30 @@ mod common;
 
 use ort::session::SessionInputValue;
 use ort::value::TensorRef;
-use rl_passes::onnx::tensor_shape_proto::dimension::Value as Dim;
-use rl_passes::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use rl_passes::onnx::{tensor_proto::DataType, AttributeProto, ModelProto};
+use rl_passes::testing::{attr, node, sym, Dim, ModelBuilder, NodeExt, SCALAR};
 use rl_rewrite::engine::ort::OrtSessionBuilder;
 use rl_rewrite::engine::ort_ops::{CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
 use rl_rewrite::engine::Device;
 
 /// A model of one node of this crate's domain reading float inputs `a` and `b` (of the given ranks).
 fn one_node(op: &str, ranks: [usize; 2], attribute: Vec<AttributeProto>) -> ModelProto {
-    let input = |name: &str, rank: usize| {
-        common::float_value(name, (0..rank).map(|k| Dim::DimParam(format!("{name}{k}"))))
+    // Every dimension symbolic: a0, a1, … and b0, b1, …
+    let dims = |name: &str, rank: usize| -> Vec<Dim> {
+        (0..rank).map(|k| sym(&format!("{name}{k}"))).collect()
     };
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![
-            OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(17),
-            },
-            OperatorSetIdProto {
-                domain: Some(DOMAIN.into()),
-                version: Some(1),
-            },
-        ],
-        graph: Some(GraphProto {
-            name: Some("kernel".into()),
-            node: vec![NodeProto {
-                op_type: Some(op.into()),
-                domain: Some(DOMAIN.into()),
-                name: Some("the_node".into()),
-                input: vec!["a".into(), "b".into()],
-                output: vec!["y".into()],
-                attribute,
-                ..Default::default()
-            }],
-            input: vec![input("a", ranks[0]), input("b", ranks[1])],
-            output: vec![common::float_value("y", [])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    ModelBuilder::new("kernel")
+        .opset(DOMAIN, 1)
+        .node(
+            node(op, &["a", "b"], &["y"])
+                .domain(DOMAIN)
+                .named("the_node")
+                .attrs(attribute),
+        )
+        .input("a", DataType::Float, dims("a", ranks[0]))
+        .input("b", DataType::Float, dims("b", ranks[1]))
+        .output("y", DataType::Float, SCALAR)
+        .build()
 }
 
 /// Runs `model` on `a` and `b` and returns ONNX Runtime's error.
@@ -63,10 +47,6 @@ fn error(model: &ModelProto, a: (&[usize], &[f32]), b: (&[usize], &[f32])) -> St
         Ok(()) => panic!("the kernel accepted inputs {:?} and {:?}", a.0, b.0),
         Err(e) => e.to_string(),
     }
-}
-
-fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    rl_passes::autodiff::Attr::Ints(values.to_vec()).into_proto(name)
 }
 
 #[test]
@@ -90,8 +70,8 @@ fn conv_weight_grad_refuses_unblocked_or_mismatched_activations() {
     let attrs = || {
         vec![
             rl_passes::autodiff::Attr::Int(8).into_proto("block"),
-            ints("kernel_shape", &[3, 3]),
-            ints("pads_begin", &[1, 1]),
+            attr::ints("kernel_shape", &[3, 3]),
+            attr::ints("pads_begin", &[1, 1]),
         ]
     };
     // Channels not a multiple of the block.
@@ -112,7 +92,7 @@ fn conv_weight_grad_refuses_unblocked_or_mismatched_activations() {
     let m = one_node(
         CONV_WEIGHT_GRAD,
         [4, 4],
-        vec![ints("kernel_shape", &[3, 3])],
+        vec![attr::ints("kernel_shape", &[3, 3])],
     );
     let created = OrtSessionBuilder::new(Device::Cpu)
         .own_kernels(true)

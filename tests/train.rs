@@ -10,11 +10,9 @@ use std::process::{Command, Output};
 
 use prost::Message;
 use rl_passes::contract::{scalar_name, Scalar};
-use rl_passes::onnx::{
-    tensor_shape_proto::dimension::Value as Dim, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto,
-};
+use rl_passes::onnx::{tensor_proto::DataType, ModelProto};
 use rl_passes::tensor::{f32_tensor, f32_values};
+use rl_passes::testing::{node, sym, ModelBuilder, NodeExt};
 
 const WIDTH: usize = 16;
 const CLASSES: usize = 4;
@@ -36,14 +34,9 @@ fn weights(seed: usize, n: usize, scale: f32) -> Vec<f32> {
 
 /// x [N, 16] → Flatten → 4 equal residual blocks h = h + Relu(h·W_k + b_k) → logits = h·W_out + b_out.
 fn residual_mlp() -> ModelProto {
-    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
-    let mut nodes = vec![node("Flatten", &["x"], "flat")];
+    // Nodes are named after their output.
+    let named = |op: &str, inputs: &[&str], output: &str| node(op, inputs, &[output]).named(output);
+    let mut nodes = vec![named("Flatten", &["x"], "flat")];
     let mut inits = Vec::new();
     let mut h = "flat".to_owned();
     for k in 0..4 {
@@ -59,10 +52,10 @@ fn residual_mlp() -> ModelProto {
         let add = format!("blocks.{k}.add");
         let relu = format!("blocks.{k}.relu");
         let out = format!("blocks.{k}.out");
-        nodes.push(node("MatMul", &[&h, &w], &mm));
-        nodes.push(node("Add", &[&mm, &b], &add));
-        nodes.push(node("Relu", &[&add], &relu));
-        nodes.push(node("Add", &[&h, &relu], &out));
+        nodes.push(named("MatMul", &[&h, &w], &mm));
+        nodes.push(named("Add", &[&mm, &b], &add));
+        nodes.push(named("Relu", &[&add], &relu));
+        nodes.push(named("Add", &[&h, &relu], &out));
         h = out;
     }
     inits.push(f32_tensor(
@@ -71,35 +64,22 @@ fn residual_mlp() -> ModelProto {
         &weights(99, WIDTH * CLASSES, 0.25),
     ));
     inits.push(f32_tensor("head.bias", &[CLASSES as i64], &[0.0; CLASSES]));
-    nodes.push(node("MatMul", &[&h, "head.weight"], "head.mm"));
-    nodes.push(node("Add", &["head.mm", "head.bias"], "logits"));
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("residual_mlp".into()),
-            node: nodes,
-            initializer: inits,
-            input: vec![common::float_value(
-                "x",
-                vec![
-                    Dim::DimParam("N".into()),
-                    Dim::DimValue(1),
-                    Dim::DimValue(4),
-                    Dim::DimValue(4),
-                ],
-            )],
-            output: vec![common::float_value(
-                "logits",
-                vec![Dim::DimParam("N".into()), Dim::DimValue(CLASSES as i64)],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    nodes.push(named("MatMul", &[&h, "head.weight"], "head.mm"));
+    nodes.push(named("Add", &["head.mm", "head.bias"], "logits"));
+    ModelBuilder::new("residual_mlp")
+        .nodes(nodes)
+        .initializers(inits)
+        .input(
+            "x",
+            DataType::Float,
+            [sym("N"), 1.into(), 4.into(), 4.into()],
+        )
+        .output(
+            "logits",
+            DataType::Float,
+            [sym("N"), (CLASSES as i64).into()],
+        )
+        .build()
 }
 
 /// The engine the tests train on: ONNX Runtime when its library is found (always under CI), else tract.
@@ -664,13 +644,8 @@ fn residual_mlp_with_shared_biases() -> ModelProto {
     for k in 0..4 {
         g.node.insert(
             0,
-            NodeProto {
-                op_type: Some("Identity".into()),
-                name: Some(format!("blocks.{k}.bias.identity")),
-                input: vec!["zeros".into()],
-                output: vec![format!("blocks.{k}.bias")],
-                ..Default::default()
-            },
+            node("Identity", &["zeros"], &[&format!("blocks.{k}.bias")])
+                .named(format!("blocks.{k}.bias.identity")),
         );
     }
     m

@@ -12,4 +12,6 @@ pub mod passes;
 pub mod pipeline;
 pub mod plan;
 pub mod tensor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod training;

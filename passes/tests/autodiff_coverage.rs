@@ -1,6 +1,6 @@
 //! Every op of the zoo models and of the PyTorch exporter fixtures has a gradient rule: the loss
 //! `ReduceSum(logits)` differentiates with respect to every float initializer without error, and each
-//! gradient has its parameter's type. (Numerical correctness of each rule is `autodiff_fd.rs`'s job.)
+//! gradient has its parameter's type. (Numerical correctness of each rule is `tests/autodiff_fd`'s job.)
 
 use std::path::PathBuf;
 
@@ -9,23 +9,13 @@ use rl_passes::analysis::shapes::{infer, infer_shapes};
 use rl_passes::autodiff::differentiate;
 use rl_passes::io::load_model;
 use rl_passes::ir::Graph;
-use rl_passes::onnx::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+use rl_passes::testing::{node, NodeExt};
 
 fn differentiate_all(name: &str, mut g: Graph, input: &str, shape: Vec<usize>, logits: &str) {
-    g.add_nodes([NodeProto {
-        op_type: Some("ReduceSum".into()),
-        name: Some("coverage/loss".into()),
-        input: vec![logits.into()],
-        output: vec!["coverage/loss".into()],
-        attribute: vec![AttributeProto {
-            name: Some("keepdims".into()),
-            i: Some(0),
-            r#type: Some(AttributeType::Int as i32),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }])
-    .unwrap();
+    g.add_nodes([node("ReduceSum", &[logits], &["coverage/loss"])
+        .named("coverage/loss")
+        .int("keepdims", 0)])
+        .unwrap();
     let inputs = [(input.to_owned(), shape)];
     let inference = infer(&g, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut wrt: Vec<String> = g

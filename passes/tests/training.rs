@@ -4,70 +4,26 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use prost::Message;
 use rl_passes::analysis::shapes::infer;
 use rl_passes::autodiff::{differentiate_with, DiffOptions};
 use rl_passes::ir::Graph;
 use rl_passes::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_proto::DataType, tensor_shape_proto, type_proto, ModelProto, NodeProto, TensorProto,
+    ValueInfoProto,
 };
 use rl_passes::pass::{Changed, Pass};
 use rl_passes::passes::DeadCodeElimination;
 use rl_passes::pipeline::{rewrite, RewriteOptions};
+use rl_passes::testing::{
+    float_tensor, node, sym, tensor_value, ModelBuilder, NodeExt, XorShift, SCALAR,
+};
 use rl_passes::training::{compile_train, Optimizer, TrainOptions, TrainingModels};
 use tract_onnx::prelude::*;
 
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, ints: &[(&str, i64)]) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: Some(format!("{op}/{output}")),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute: ints
-            .iter()
-            .map(|&(n, i)| AttributeProto {
-                name: Some(n.into()),
-                i: Some(i),
-                r#type: Some(AttributeType::Int as i32),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn tensor(name: &str, dtype: DataType, dims: &[usize], values: &[f64]) -> TensorProto {
-    let raw: Vec<u8> = match dtype {
-        DataType::Double => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        _ => values
-            .iter()
-            .flat_map(|&v| (v as f32).to_le_bytes())
-            .collect(),
-    };
-    TensorProto {
-        name: Some(name.into()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(dtype as i32),
-        raw_data: Some(Bytes::from(raw)),
-        ..Default::default()
-    }
+/// A node named `OP/OUTPUT`.
+fn named(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    node(op, inputs, &[output]).named(format!("{op}/{output}"))
 }
 
 fn values(t: &TensorProto) -> Vec<f64> {
@@ -84,83 +40,26 @@ fn values(t: &TensorProto) -> Vec<f64> {
     }
 }
 
-/// A tensor value_info; `None` dims are symbolic (`N`).
-fn vi(name: &str, dtype: DataType, shape: &[Option<usize>]) -> ValueInfoProto {
-    use tensor_shape_proto::dimension::Value;
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(dtype as i32),
-                shape: Some(TensorShapeProto {
-                    dim: shape
-                        .iter()
-                        .map(|d| tensor_shape_proto::Dimension {
-                            value: Some(match d {
-                                Some(v) => Value::DimValue(*v as i64),
-                                None => Value::DimParam("N".into()),
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn model(
-    nodes: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
-    input: ValueInfoProto,
-    output: ValueInfoProto,
-) -> ModelProto {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("test".into()),
-            node: nodes,
-            initializer: inits,
-            input: vec![input],
-            output: vec![output],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// x [N,2,3] → Flatten → Gemm(W1 [6,5], b1) → Relu → Gemm(W2 [5,3], b2) → logits [N,3].
 fn mlp(dtype: DataType, seed: u64) -> ModelProto {
-    let mut rng = Rng(seed);
-    let inits = vec![
-        tensor("W1", dtype, &[6, 5], &rng.vec(30, -0.8, 0.8)),
-        tensor("b1", dtype, &[5], &rng.vec(5, -0.3, 0.3)),
-        tensor("W2", dtype, &[5, 3], &rng.vec(15, -0.8, 0.8)),
-        tensor("b2", dtype, &[3], &rng.vec(3, -0.3, 0.3)),
-    ];
-    let nodes = vec![
-        node("Flatten", &["x"], "f", &[("axis", 1)]),
-        node("Gemm", &["f", "W1", "b1"], "h", &[]),
-        node("Relu", &["h"], "r", &[]),
-        node("Gemm", &["r", "W2", "b2"], "logits", &[]),
-    ];
-    model(
-        nodes,
-        inits,
-        vi("x", dtype, &[None, Some(2), Some(3)]),
-        vi("logits", dtype, &[None, Some(3)]),
-    )
+    let mut rng = XorShift(seed);
+    ModelBuilder::new("test")
+        .initializer(float_tensor("W1", dtype, &[6, 5], &rng.vec(30, -0.8, 0.8)))
+        .initializer(float_tensor("b1", dtype, &[5], &rng.vec(5, -0.3, 0.3)))
+        .initializer(float_tensor("W2", dtype, &[5, 3], &rng.vec(15, -0.8, 0.8)))
+        .initializer(float_tensor("b2", dtype, &[3], &rng.vec(3, -0.3, 0.3)))
+        .node(named("Flatten", &["x"], "f").int("axis", 1))
+        .node(named("Gemm", &["f", "W1", "b1"], "h"))
+        .node(named("Relu", &["h"], "r"))
+        .node(named("Gemm", &["r", "W2", "b2"], "logits"))
+        .input("x", dtype, [sym("N"), 2.into(), 3.into()])
+        .output("logits", dtype, [sym("N"), 3.into()])
+        .build()
 }
 
 /// x [N,4] → 4 blocks `h + Relu(h·W_k)` → MatMul(Wh [4,3]) → logits. `w2` overrides W_2's values.
 fn chain(dtype: DataType, w2: Option<Vec<f64>>) -> ModelProto {
-    let mut rng = Rng(77);
+    let mut rng = XorShift(77);
     let mut inits = Vec::new();
     let mut nodes = Vec::new();
     let mut h = "x".to_owned();
@@ -168,21 +67,21 @@ fn chain(dtype: DataType, w2: Option<Vec<f64>>) -> ModelProto {
         let w = format!("W{k}");
         let v = rng.vec(16, -0.6, 0.6);
         let v = if k == 2 { w2.clone().unwrap_or(v) } else { v };
-        inits.push(tensor(&w, dtype, &[4, 4], &v));
+        inits.push(float_tensor(&w, dtype, &[4, 4], &v));
         let (m, r, out) = (format!("m{k}"), format!("r{k}"), format!("h{k}"));
-        nodes.push(node("MatMul", &[&h, &w], &m, &[]));
-        nodes.push(node("Relu", &[&m], &r, &[]));
-        nodes.push(node("Add", &[&h, &r], &out, &[]));
+        nodes.push(named("MatMul", &[&h, &w], &m));
+        nodes.push(named("Relu", &[&m], &r));
+        nodes.push(named("Add", &[&h, &r], &out));
         h = out;
     }
-    inits.push(tensor("Wh", dtype, &[4, 3], &rng.vec(12, -0.6, 0.6)));
-    nodes.push(node("MatMul", &[&h, "Wh"], "logits", &[]));
-    model(
-        nodes,
-        inits,
-        vi("x", dtype, &[None, Some(4)]),
-        vi("logits", dtype, &[None, Some(3)]),
-    )
+    inits.push(float_tensor("Wh", dtype, &[4, 3], &rng.vec(12, -0.6, 0.6)));
+    nodes.push(named("MatMul", &[&h, "Wh"], "logits"));
+    ModelBuilder::new("test")
+        .nodes(nodes)
+        .initializers(inits)
+        .input("x", dtype, [sym("N"), 4.into()])
+        .output("logits", dtype, [sym("N"), 3.into()])
+        .build()
 }
 
 fn rewritten_chain(dtype: DataType) -> ModelProto {
@@ -289,7 +188,7 @@ impl Runner {
 
 /// Feeds: the initial parameter/state values, a random batch, labels, lr.
 fn feeds(m: &TrainingModels, batch: &[usize], lr: f64, seed: u64) -> HashMap<String, Vec<f64>> {
-    let mut rng = Rng(seed);
+    let mut rng = XorShift(seed);
     let mut f: HashMap<String, Vec<f64>> = m
         .initial
         .iter()
@@ -512,7 +411,7 @@ fn one_sgd_step_equals_the_step_computed_from_finite_differences() {
     let m = compile_train(&mlp(DataType::Double, 11), &opts).unwrap();
     let r = Runner::new(&m.step);
     let mut f = feeds(&m, &[5, 2, 3], lr, 21);
-    let mut rng = Rng(99);
+    let mut rng = XorShift(99);
     for s in &m.manifest.state {
         let n = f[&s.name].len();
         f.insert(s.name.clone(), rng.vec(n, -0.1, 0.1));
@@ -641,7 +540,7 @@ fn one_adamw_step_matches_its_formula() {
     let m = compile_train(&model, &opts).unwrap();
     assert_no_dead_nodes(&m.step);
     let mut f = feeds(&m, &[4, 2, 3], lr, 31);
-    let mut rng = Rng(5);
+    let mut rng = XorShift(5);
     for s in &m.manifest.state {
         let n = f[&s.name].len();
         f.insert(
@@ -689,15 +588,12 @@ fn one_adamw_step_matches_its_formula() {
 #[test]
 fn stopping_a_gradient_at_one_input_slot() {
     // loss = ReduceSum(x ⊙ x): d/dx = 2x, or x with the gradient stopped at the second input of the Mul.
-    let m = model(
-        vec![
-            node("Mul", &["x", "x"], "sq", &[]),
-            node("ReduceSum", &["sq"], "loss", &[("keepdims", 0)]),
-        ],
-        vec![],
-        vi("x", DataType::Double, &[Some(3)]),
-        vi("loss", DataType::Double, &[]),
-    );
+    let m = ModelBuilder::new("test")
+        .node(named("Mul", &["x", "x"], "sq"))
+        .node(named("ReduceSum", &["sq"], "loss").int("keepdims", 0))
+        .input("x", DataType::Double, [3])
+        .output("loss", DataType::Double, SCALAR)
+        .build();
     for (stop, factor) in [(false, 2.0), (true, 1.0)] {
         let mut g = Graph::lift(m.clone()).unwrap();
         let inference = infer(&g, &[("x".into(), vec![3])]).unwrap();
@@ -708,7 +604,7 @@ fn stopping_a_gradient_at_one_input_slot() {
         let grads = differentiate_with(&mut g, "loss", &["x".into()], &inference, &opts).unwrap();
         g.proto
             .output
-            .push(vi(&grads["x"], DataType::Double, &[Some(3)]));
+            .push(tensor_value(&grads["x"], DataType::Double, [3]));
         let r = Runner::new(&g.lower().unwrap());
         let out = r.run(&HashMap::from([("x".to_owned(), vec![1.0, -2.0, 0.5])]));
         assert_eq!(out[&grads["x"]], [factor, -2.0 * factor, 0.5 * factor]);

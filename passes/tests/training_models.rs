@@ -6,32 +6,18 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use prost::Message;
 use rl_models::{build_custom_resnet_cifar, ZooOptions};
 use rl_passes::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    tensor_proto::DataType, tensor_shape_proto, type_proto, ModelProto, NodeProto, TensorProto,
     ValueInfoProto,
 };
 use rl_passes::pipeline::{rewrite, RewriteOptions};
-use rl_passes::tensor::value_info;
+use rl_passes::testing::{
+    f64_tensor, node, tract_f64_equivalents, ModelBuilder, NodeExt, XorShift,
+};
 use rl_passes::training::{compile_train, Optimizer, TrainOptions, TrainingModels};
 use tract_onnx::prelude::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
 
 fn values(t: &TensorProto) -> Vec<f64> {
     if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty()) {
@@ -50,18 +36,6 @@ fn values(t: &TensorProto) -> Vec<f64> {
         return t.double_data.clone();
     }
     t.float_data.iter().map(|&v| v as f64).collect()
-}
-
-fn f64_tensor(name: &str, dims: &[i64], v: &[f64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Double as i32),
-        raw_data: Some(Bytes::from(
-            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-        )),
-        ..Default::default()
-    }
 }
 
 /// The model in float64: float32 initializers, Constant tensors, Cast targets and value types become float64.
@@ -202,112 +176,9 @@ impl Runner {
     }
 }
 
-fn f64_const(g: &mut GraphProto, name: &str, dims: &[i64], v: &[f64]) -> String {
-    g.initializer.push(f64_tensor(name, dims, v));
-    name.to_owned()
-}
-
-fn i64_const(g: &mut GraphProto, name: &str, v: &[i64]) -> String {
-    g.initializer.push(TensorProto {
-        name: Some(name.into()),
-        dims: vec![v.len() as i64],
-        data_type: Some(DataType::Int64 as i32),
-        raw_data: Some(Bytes::from(
-            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-        )),
-        ..Default::default()
-    });
-    name.to_owned()
-}
-
-/// tract 0.23 cannot evaluate Erf in float64 ("does not support F64"), and turns LayerNormalization into a
-/// mean-of-squares reducer that computes in float32 even for float64 tensors. For float64 runs, the workaround
-/// pattern of `autodiff_fd.rs`: each such *forward* node is replaced by an exact float64 definition producing
-/// the same value names (Erf by its Maclaurin series, 60 terms; LayerNormalization over its trailing axes with
-/// the variance as `(Σ d² + n·ε) / n`), so the backward graph is run unchanged.
-fn tract_f64_workarounds(m: &mut ModelProto, shapes: &HashMap<String, Vec<usize>>) {
-    let g = m.graph.as_mut().unwrap();
-    let old = std::mem::take(&mut g.node);
-    for n in old {
-        let y = n.output[0].clone();
-        let p = |s: &str| format!("tw/{y}/{s}");
-        let x = n.input.first().cloned().unwrap_or_default();
-        match n.op_type() {
-            "Erf" => {
-                let k2 = f64_const(g, &p("k"), &[], &[std::f64::consts::FRAC_2_SQRT_PI]);
-                g.node.push(node("Mul", &[&x, &x], &p("x2"), &[]));
-                g.node.push(node("Neg", &[&p("x2")], &p("nx2"), &[]));
-                let (mut term, mut sum) = (x.clone(), x.clone());
-                for k in 1..60 {
-                    let c = f64_const(
-                        g,
-                        &p(&format!("c{k}")),
-                        &[],
-                        &[1.0 / (k as f64 * (2 * k + 1) as f64) * (2 * k - 1) as f64],
-                    );
-                    // term_k = term_{k-1} · (−x²) / k, u_k = term_k / (2k + 1); the constant folds
-                    // (2k − 1)/(k (2k + 1)) onto the previous u.
-                    let t = p(&format!("t{k}"));
-                    let s2 = p(&format!("s{k}"));
-                    g.node
-                        .push(node("Mul", &[&term, &p("nx2")], &p(&format!("a{k}")), &[]));
-                    g.node
-                        .push(node("Mul", &[&p(&format!("a{k}")), &c], &t, &[]));
-                    g.node.push(node("Add", &[&sum, &t], &s2, &[]));
-                    term = t;
-                    sum = s2;
-                }
-                g.node.push(node("Mul", &[&sum, &k2], &y, &[]));
-            }
-            "LayerNormalization" => {
-                let shape = &shapes[&x];
-                let r = shape.len() as i64;
-                let axis = n
-                    .attribute
-                    .iter()
-                    .find(|a| a.name() == "axis")
-                    .and_then(|a| a.i)
-                    .unwrap_or(-1);
-                let axis = if axis < 0 { axis + r } else { axis };
-                let axes: Vec<i64> = (axis..r).collect();
-                let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
-                let eps = n
-                    .attribute
-                    .iter()
-                    .find(|a| a.name() == "epsilon")
-                    .and_then(|a| a.f)
-                    .unwrap_or(1e-5) as f64;
-                let ax = i64_const(g, &p("axes"), &axes);
-                let nn = f64_const(g, &p("n"), &[], &[count as f64]);
-                let ne = f64_const(g, &p("neps"), &[], &[count as f64 * eps]);
-                g.node.push(node("ReduceSum", &[&x, &ax], &p("ms"), &[]));
-                g.node.push(node("Div", &[&p("ms"), &nn], &p("m"), &[]));
-                g.node.push(node("Sub", &[&x, &p("m")], &p("d"), &[]));
-                g.node.push(node("Mul", &[&p("d"), &p("d")], &p("sq"), &[]));
-                g.node
-                    .push(node("ReduceSum", &[&p("sq"), &ax], &p("ss"), &[]));
-                g.node.push(node("Add", &[&p("ss"), &ne], &p("sse"), &[]));
-                g.node.push(node("Div", &[&p("sse"), &nn], &p("ve"), &[]));
-                g.node.push(node("Sqrt", &[&p("ve")], &p("sd"), &[]));
-                g.node
-                    .push(node("Div", &[&p("d"), &p("sd")], &p("xh"), &[]));
-                match n.input.get(2).filter(|b| !b.is_empty()) {
-                    Some(b) => {
-                        g.node
-                            .push(node("Mul", &[&p("xh"), &n.input[1]], &p("xs"), &[]));
-                        g.node.push(node("Add", &[&p("xs"), b], &y, &[]));
-                    }
-                    None => g.node.push(node("Mul", &[&p("xh"), &n.input[1]], &y, &[])),
-                }
-            }
-            _ => g.node.push(n),
-        }
-    }
-}
-
 /// Feeds: initial parameter/state values, a random batch, labels, lr.
 fn feeds(m: &TrainingModels, batch: &[usize], lr: f64, seed: u64) -> HashMap<String, Vec<f64>> {
-    let mut rng = Rng(seed);
+    let mut rng = XorShift(seed);
     let mut f: HashMap<String, Vec<f64>> = m
         .initial
         .iter()
@@ -339,7 +210,10 @@ fn patched(step: &ModelProto, model: &ModelProto, batch: &[usize]) -> ModelProto
     let types = rl_passes::analysis::shapes::infer_shapes(&g, &[(input, batch.to_vec())]).unwrap();
     let shapes = types.into_iter().map(|(k, t)| (k, t.shape)).collect();
     let mut m = step.clone();
-    tract_f64_workarounds(&mut m, &shapes);
+    // The ops of these step models that tract cannot run in float64.
+    tract_f64_equivalents(&mut m, &shapes, |n| {
+        matches!(n.op_type(), "Erf" | "LayerNormalization")
+    });
     m
 }
 
@@ -498,67 +372,30 @@ fn vit_gradients_match_finite_differences_f64() {
     }
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, ints: &[(&str, i64)]) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: Some(format!("{op}/{output}")),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute: ints
-            .iter()
-            .map(|&(n, i)| AttributeProto {
-                name: Some(n.into()),
-                i: Some(i),
-                r#type: Some(AttributeType::Int as i32),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+/// A node named `OP/OUTPUT`.
+fn named(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    node(op, inputs, &[output]).named(format!("{op}/{output}"))
 }
 
 /// x [N,3,2,2] → BatchNormalization(momentum 0.8) → GlobalAveragePool → Flatten → Gemm(W [3,3]) → logits.
 fn bn_model() -> ModelProto {
-    let mut bn = node(
-        "BatchNormalization",
-        &["x", "s", "bb", "mean", "var"],
-        "y",
-        &[],
-    );
-    bn.attribute.push(AttributeProto {
-        name: Some("momentum".into()),
-        f: Some(0.8),
-        r#type: Some(AttributeType::Float as i32),
-        ..Default::default()
-    });
-    let mut rng = Rng(5);
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("bn".into()),
-            node: vec![
-                bn,
-                node("GlobalAveragePool", &["y"], "p", &[]),
-                node("Flatten", &["p"], "f", &[("axis", 1)]),
-                node("Gemm", &["f", "W"], "logits", &[]),
-            ],
-            initializer: vec![
-                f64_tensor("s", &[3], &rng.vec(3, 0.5, 1.5)),
-                f64_tensor("bb", &[3], &rng.vec(3, -0.5, 0.5)),
-                f64_tensor("mean", &[3], &rng.vec(3, -0.5, 0.5)),
-                f64_tensor("var", &[3], &rng.vec(3, 0.5, 1.5)),
-                f64_tensor("W", &[3, 3], &rng.vec(9, -1.0, 1.0)),
-            ],
-            input: vec![value_info("x", DataType::Double as i32, &[4, 3, 2, 2])],
-            output: vec![value_info("logits", DataType::Double as i32, &[4, 3])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut rng = XorShift(5);
+    ModelBuilder::new("bn")
+        .node(
+            named("BatchNormalization", &["x", "s", "bb", "mean", "var"], "y")
+                .float("momentum", 0.8),
+        )
+        .node(named("GlobalAveragePool", &["y"], "p"))
+        .node(named("Flatten", &["p"], "f").int("axis", 1))
+        .node(named("Gemm", &["f", "W"], "logits"))
+        .initializer(f64_tensor("s", &[3], &rng.vec(3, 0.5, 1.5)))
+        .initializer(f64_tensor("bb", &[3], &rng.vec(3, -0.5, 0.5)))
+        .initializer(f64_tensor("mean", &[3], &rng.vec(3, -0.5, 0.5)))
+        .initializer(f64_tensor("var", &[3], &rng.vec(3, 0.5, 1.5)))
+        .initializer(f64_tensor("W", &[3, 3], &rng.vec(9, -1.0, 1.0)))
+        .input("x", DataType::Double, [4, 3, 2, 2])
+        .output("logits", DataType::Double, [4, 3])
+        .build()
 }
 
 #[test]
@@ -667,8 +504,8 @@ fn batchnorm_step_shares_its_statistics_between_forward_and_backward() {
     let mut model = bn_model();
     let g = model.graph.as_mut().unwrap();
     g.node[0].input[0] = "xc".into();
-    g.node.insert(0, node("Conv", &["x", "K"], "xc", &[]));
-    let mut rng = Rng(9);
+    g.node.insert(0, named("Conv", &["x", "K"], "xc"));
+    let mut rng = XorShift(9);
     g.initializer
         .push(f64_tensor("K", &[3, 3, 1, 1], &rng.vec(9, -1.0, 1.0)));
     let m = compile_train(&model, &sgd_plain(4, false)).unwrap();

@@ -288,10 +288,7 @@ fn probe_block_size() -> Result<Option<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rl_passes::onnx::GraphProto;
-    use rl_passes::tensor::{f32_tensor, value_info};
-
-    const FLOAT: i32 = DataType::Float as i32;
+    use rl_passes::testing::{self, f32_tensor, ModelBuilder, NodeExt};
 
     fn zeros(name: &str, dims: &[i64]) -> TensorProto {
         f32_tensor(
@@ -303,54 +300,23 @@ mod tests {
 
     /// x [2, 16, 8, 8] → Conv 16→32 3×3 pad 1 → Conv 32→32 grouped (2) → y; s [2, 3, 8, 8] → Conv 3→16 → z.
     fn model() -> ModelProto {
-        let conv = |name: &str, x: &str, w: &str, out: &str, extra: Vec<AttributeProto>| {
-            let mut attrs = vec![ints("pads", &[1, 1, 1, 1])];
-            attrs.extend(extra);
-            node(
-                "Conv",
-                "",
-                name.to_owned(),
-                vec![x.to_owned(), w.to_owned()],
-                out.to_owned(),
-                attrs,
-            )
+        let conv = |name: &str, x: &str, w: &str, out: &str| {
+            testing::node("Conv", &[x, w], &[out])
+                .named(name)
+                .ints("pads", &[1, 1, 1, 1])
         };
-        ModelProto {
-            ir_version: Some(8),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(17),
-            }],
-            graph: Some(GraphProto {
-                name: Some("convs".to_owned()),
-                node: vec![
-                    conv("wide", "x", "w1", "h", vec![]),
-                    conv(
-                        "grouped",
-                        "h",
-                        "w2",
-                        "y",
-                        vec![Attr::Int(2).into_proto("group")],
-                    ),
-                    conv("stem", "s", "w3", "z", vec![]),
-                ],
-                initializer: vec![
-                    zeros("w1", &[32, 16, 3, 3]),
-                    zeros("w2", &[32, 16, 3, 3]),
-                    zeros("w3", &[16, 3, 3, 3]),
-                ],
-                input: vec![
-                    value_info("x", FLOAT, &[2, 16, 8, 8]),
-                    value_info("s", FLOAT, &[2, 3, 8, 8]),
-                ],
-                output: vec![
-                    value_info("y", FLOAT, &[2, 32, 8, 8]),
-                    value_info("z", FLOAT, &[2, 16, 8, 8]),
-                ],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        ModelBuilder::new("convs")
+            .node(conv("wide", "x", "w1", "h"))
+            .node(conv("grouped", "h", "w2", "y").int("group", 2))
+            .node(conv("stem", "s", "w3", "z"))
+            .initializer(zeros("w1", &[32, 16, 3, 3]))
+            .initializer(zeros("w2", &[32, 16, 3, 3]))
+            .initializer(zeros("w3", &[16, 3, 3, 3]))
+            .input("x", DataType::Float, [2, 16, 8, 8])
+            .input("s", DataType::Float, [2, 3, 8, 8])
+            .output("y", DataType::Float, [2, 32, 8, 8])
+            .output("z", DataType::Float, [2, 16, 8, 8])
+            .build()
     }
 
     fn lowered(block: usize) -> (Changed, ModelProto) {

@@ -166,43 +166,20 @@ mod tests {
     use super::*;
     use crate::engine::tract::TractEngine;
     use crate::engine::{ElementType, Engine, HostTensor, InputFact};
-    use rl_passes::onnx::{OperatorSetIdProto, TensorProto};
-    use rl_passes::tensor::value_info;
+    use rl_passes::testing::{bool_tensor, node, ModelBuilder, NodeExt};
 
     const N: usize = 4000;
 
     /// `y, mask = Dropout(x, 0.25, training_mode=true)` on float32 `x` of N values.
     fn dropout_model() -> ModelProto {
-        let bool_true = TensorProto {
-            name: Some("training".into()),
-            data_type: Some(DataType::Bool as i32),
-            raw_data: Some(vec![1u8].into()),
-            ..Default::default()
-        };
-        ModelProto {
-            ir_version: Some(8),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(17),
-            }],
-            graph: Some(GraphProto {
-                node: vec![NodeProto {
-                    op_type: Some("Dropout".into()),
-                    name: Some("drop".into()),
-                    input: vec!["x".into(), "ratio".into(), "training".into()],
-                    output: vec!["y".into(), "mask".into()],
-                    ..Default::default()
-                }],
-                initializer: vec![scalar("ratio", DataType::Float as i32, 0.25), bool_true],
-                input: vec![value_info("x", DataType::Float as i32, &[N])],
-                output: vec![
-                    value_info("y", DataType::Float as i32, &[N]),
-                    value_info("mask", DataType::Bool as i32, &[N]),
-                ],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        ModelBuilder::unnamed()
+            .node(node("Dropout", &["x", "ratio", "training"], &["y", "mask"]).named("drop"))
+            .initializer(scalar("ratio", DataType::Float as i32, 0.25))
+            .initializer(bool_tensor("training", &[], &[true]))
+            .input("x", DataType::Float, [N])
+            .output("y", DataType::Float, [N])
+            .output("mask", DataType::Bool, [N])
+            .build()
     }
 
     #[test]

@@ -89,31 +89,3 @@ pub fn ort_available() -> bool {
         }
     }
 }
-
-/// A float32 graph input or output with the given dims (`DimParam("N")` for a symbolic batch).
-pub fn float_value(
-    name: &str,
-    dims: impl IntoIterator<Item = rl_passes::onnx::tensor_shape_proto::dimension::Value>,
-) -> rl_passes::onnx::ValueInfoProto {
-    use rl_passes::onnx::{
-        tensor_shape_proto::Dimension, type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
-    };
-    let dim = dims
-        .into_iter()
-        .map(|d| Dimension {
-            value: Some(d),
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
