@@ -2,8 +2,10 @@
 //! with a non-zero ratio, as the step models of exported training graphs carry, is lowered for tract to the same
 //! computation in ops it runs:
 //!
-//!     keep = Not(Less(RandomUniformLike(X), ratio))      (the mask output, kept with probability 1 − ratio)
-//!     Y    = X · Cast(keep) · 1 / (1 − ratio)
+//! ```text
+//! keep = Not(Less(RandomUniformLike(X), ratio))      (the mask output, kept with probability 1 − ratio)
+//! Y    = X · Cast(keep) · 1 / (1 − ratio)
+//! ```
 //!
 //! The draw is tract's own: the same distribution as ONNX Runtime's kernel, not the same numbers. With a seed,
 //! every run of the prepared model draws the same numbers (what `run` and `check` need to be repeatable);

@@ -30,8 +30,8 @@
 //! decay), after the optimizer state, and `x.next` is the running statistic updated with the node's momentum
 //! (default 0.9): `x · momentum + batch · (1 − momentum)`, batch variance biased as in the ONNX definition.
 //! Its scale and bias are trainable (no weight decay unless [`TrainOptions::decay_all`]). Dropout runs in
-//! training mode (a fresh random mask each step, ratio from the node): on engines that implement it, such as
-//! ONNX Runtime; tract refuses training-mode Dropout.
+//! training mode (a fresh random mask each step, ratio from the node): ONNX Runtime runs the node itself; for tract,
+//! which has no random Dropout kernel, the engine layer lowers it to standard random and mask ops.
 //!
 //! # The eval model
 //!
