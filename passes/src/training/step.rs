@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::batchnorm::{bn_tensors, running_statistics};
+use super::batchnorm::{bn_tensors, running_statistics, RunningStat};
 use super::bn_lowering::LowerBatchNormTraining;
 use super::bn_training_mode::BatchNormTrainingMode;
 use super::builder::{value_info, zeros, Builder};
@@ -12,16 +12,17 @@ use super::dropout_training::DropoutTrainingMode;
 use super::error::TrainError;
 use super::inference_mode::InferenceMode;
 use super::loss::softmax_cross_entropy;
-use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate};
+use super::optimizer::{emit_updates, next_name, Optimizer, ParamUpdate, StateTensor};
 use crate::analysis::shapes::{infer, infer_shapes, TensorType};
 use crate::autodiff::{differentiate_with, DiffOptions};
 use crate::contract::{self, IntegrationNames};
 use crate::ir::{Graph, GraphError, Producer};
 use crate::onnx::{
     tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto,
-    TensorProto,
+    TensorProto, ValueInfoProto,
 };
 use crate::pass::Driver;
+use crate::plan::Plan;
 use crate::tensor::dtype_name;
 
 const LABELS: &str = "labels";
@@ -294,11 +295,8 @@ fn input_shapes(g: &Graph) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-/// Compiles the training-step and eval models of a classifier (first output: logits `[N, classes]`).
-pub fn compile_train(
-    model: &ModelProto,
-    opts: &TrainOptions,
-) -> Result<TrainingModels, TrainError> {
+/// Refuses options the compiler cannot honour, naming the option.
+fn validate_options(opts: &TrainOptions) -> Result<(), TrainError> {
     if opts.batch_size == 0 {
         return Err(TrainError::Option(
             "the batch size must be at least 1".into(),
@@ -310,7 +308,176 @@ pub fn compile_train(
             opts.label_smoothing
         )));
     }
-    opts.optimizer.validate().map_err(TrainError::Option)?;
+    opts.optimizer.validate().map_err(TrainError::Option)
+}
+
+/// The (node, input slot) pairs the gradient must not pass: the neighbour inputs of every integration `Mul`
+/// under `--detach-neighbours`, none otherwise.
+fn gradient_stops(
+    g: &Graph,
+    plan: Option<&Plan>,
+    detach_neighbours: bool,
+) -> Result<HashSet<(String, usize)>, TrainError> {
+    let mut stop = HashSet::new();
+    if !detach_neighbours {
+        return Ok(stop);
+    }
+    for p in plan.iter().flat_map(|p| &p.frozen).flat_map(|u| &u.params) {
+        let IntegrationNames { mul_a, mul_b, .. } = IntegrationNames::of(&p.tensor);
+        for node in [mul_a, mul_b] {
+            if !g.nodes().any(|(_, n)| n.name() == node) {
+                return Err(TrainError::Unsupported(format!(
+                    "--detach-neighbours: the integration node '{node}' of the plan is not in the model"
+                )));
+            }
+            stop.insert((node, 1));
+        }
+    }
+    Ok(stop)
+}
+
+/// The trainable parameters, in initializer order, with their types and weight-decay flags: learnable
+/// initializers the logits need (a and b of frozen units included), BatchNormalization statistics excluded.
+fn trainable_params(
+    g: &Graph,
+    types: &HashMap<String, TensorType>,
+    plan: Option<&Plan>,
+    logits: &str,
+    decay_all: bool,
+) -> Result<Vec<(String, TensorType, bool)>, TrainError> {
+    let rl_scalars: HashSet<String> = plan
+        .iter()
+        .flat_map(|p| &p.frozen)
+        .flat_map(|u| [u.a.clone(), u.b.clone()])
+        .collect();
+    let needed = needed_values(g, &[logits.to_owned()])?;
+    let consumers = g.consumers();
+    let (bn_stats, _) = bn_tensors(g);
+    let mut params: Vec<(String, TensorType, bool)> = Vec::new();
+    for (name, t) in g.initializers() {
+        let learnable = rl_scalars.contains(name) || crate::analysis::params::is_learnable(t);
+        if !learnable || !needed.contains(name) || bn_stats.contains(name) {
+            continue;
+        }
+        let ty = types[name].clone();
+        let exempt =
+            rl_scalars.contains(name) || ty.shape.len() <= 1 || is_norm_param(g, &consumers, name);
+        params.push((name.clone(), ty, decay_all || !exempt));
+    }
+    if params.is_empty() {
+        return Err(TrainError::Unsupported(
+            "the model has no trainable parameter".into(),
+        ));
+    }
+    Ok(params)
+}
+
+/// Makes the trainable parameters graph inputs: the inputs become the batch, `labels`, `lr`, each parameter, then
+/// the model's other inputs; returns the parameters' initial values (the initializers taken out).
+fn params_as_inputs(
+    g: &mut Graph,
+    batch_input: ValueInfoProto,
+    n: usize,
+    params: &[(String, TensorType, bool)],
+) -> Vec<TensorProto> {
+    let mut initial = Vec::new();
+    let others: Vec<_> = g
+        .proto
+        .input
+        .iter()
+        .filter(|i| i.name() != batch_input.name())
+        .cloned()
+        .collect();
+    let mut inputs = vec![
+        batch_input,
+        value_info(LABELS, DataType::Int64 as i32, &[n]),
+        value_info(LR, DataType::Float as i32, &[]),
+    ];
+    for (p, ty, _) in params {
+        initial.push(g.remove_initializer(p).expect("an initializer"));
+        inputs.push(value_info(p, ty.dtype, &ty.shape));
+    }
+    let param_names: HashSet<&str> = params.iter().map(|(p, ..)| p.as_str()).collect();
+    inputs.extend(
+        others
+            .into_iter()
+            .filter(|i| !param_names.contains(i.name())),
+    );
+    g.proto.input = inputs;
+    initial
+}
+
+/// Makes the optimizer state and the running statistics graph inputs at position `at` (after the parameters);
+/// returns the running statistics' initial values (the initializers taken out).
+fn state_as_inputs(
+    g: &mut Graph,
+    states: &[StateTensor],
+    running: &[RunningStat],
+    at: usize,
+) -> Vec<TensorProto> {
+    let running_initial = running
+        .iter()
+        .map(|r| g.remove_initializer(&r.name).expect("an initializer"))
+        .collect();
+    let state_inputs: Vec<_> = states
+        .iter()
+        .map(|s| value_info(&s.name, s.dtype, &s.shape))
+        .chain(
+            running
+                .iter()
+                .map(|r| value_info(&r.name, r.ty.dtype, &r.ty.shape)),
+        )
+        .collect();
+    g.proto.input.splice(at..at, state_inputs);
+    running_initial
+}
+
+/// The manifest of a step model: names of its fixed inputs and outputs, options, parameters and state.
+fn manifest_of(
+    input: &str,
+    opts: &TrainOptions,
+    params: &[(String, TensorType, bool)],
+    states: &[StateTensor],
+    running: &[RunningStat],
+) -> TrainManifest {
+    TrainManifest {
+        input: input.to_owned(),
+        labels: LABELS.into(),
+        lr: LR.into(),
+        loss: LOSS.into(),
+        correct: CORRECT.into(),
+        batch_size: opts.batch_size,
+        label_smoothing: opts.label_smoothing,
+        optimizer: opts.optimizer,
+        detach_neighbours: opts.detach_neighbours,
+        params: params
+            .iter()
+            .map(|(p, ty, decay)| manifest_tensor(p, ty.dtype, &ty.shape, Some(*decay)))
+            .collect(),
+        state: state_manifest(states, running),
+        optimizer_state_tensors: states.len(),
+    }
+}
+
+/// The manifest's state entries: the optimizer's, then the running statistics.
+fn state_manifest(states: &[StateTensor], running: &[RunningStat]) -> Vec<ManifestTensor> {
+    states
+        .iter()
+        .map(|s| manifest_tensor(&s.name, s.dtype, &s.shape, None))
+        .chain(
+            running
+                .iter()
+                .map(|r| manifest_tensor(&r.name, r.ty.dtype, &r.ty.shape, None)),
+        )
+        .collect()
+}
+
+/// Compiles the training-step and eval models of a classifier (first output: logits `[N, classes]`).
+pub fn compile_train(
+    model: &ModelProto,
+    opts: &TrainOptions,
+) -> Result<TrainingModels, TrainError> {
+    validate_options(opts)?;
     let Forward {
         mut g,
         input,
@@ -322,46 +489,8 @@ pub fn compile_train(
     } = forward(model, opts.batch_size)?;
     let (n, k, dtype) = (opts.batch_size, logits_type.shape[1], logits_type.dtype);
     let plan = contract::read_plan(&g.model)?;
-    let rl_scalars: HashSet<String> = plan
-        .iter()
-        .flat_map(|p| &p.frozen)
-        .flat_map(|u| [u.a.clone(), u.b.clone()])
-        .collect();
-    let mut stop = HashSet::new();
-    if opts.detach_neighbours {
-        for p in plan.iter().flat_map(|p| &p.frozen).flat_map(|u| &u.params) {
-            let IntegrationNames { mul_a, mul_b, .. } = IntegrationNames::of(&p.tensor);
-            for node in [mul_a, mul_b] {
-                if !g.nodes().any(|(_, n)| n.name() == node) {
-                    return Err(TrainError::Unsupported(format!(
-                        "--detach-neighbours: the integration node '{node}' of the plan is not in the model"
-                    )));
-                }
-                stop.insert((node, 1));
-            }
-        }
-    }
-
-    // Trainable parameters and their weight-decay flags.
-    let needed = needed_values(&g, std::slice::from_ref(&logits))?;
-    let consumers = g.consumers();
-    let (bn_stats, _) = bn_tensors(&g);
-    let mut params: Vec<(String, TensorType, bool)> = Vec::new();
-    for (name, t) in g.initializers() {
-        let learnable = rl_scalars.contains(name) || crate::analysis::params::is_learnable(t);
-        if !learnable || !needed.contains(name) || bn_stats.contains(name) {
-            continue;
-        }
-        let ty = types[name].clone();
-        let exempt =
-            rl_scalars.contains(name) || ty.shape.len() <= 1 || is_norm_param(&g, &consumers, name);
-        params.push((name.clone(), ty, opts.decay_all || !exempt));
-    }
-    if params.is_empty() {
-        return Err(TrainError::Unsupported(
-            "the model has no trainable parameter".into(),
-        ));
-    }
+    let stop = gradient_stops(&g, plan.as_ref(), opts.detach_neighbours)?;
+    let params = trainable_params(&g, &types, plan.as_ref(), &logits, opts.decay_all)?;
 
     // BatchNormalization in training mode; running statistics become state.
     let mut driver = Driver::new();
@@ -376,41 +505,18 @@ pub fn compile_train(
     let mut b = Builder::default();
 
     let mut taken = HashSet::new();
-    for r in &running {
-        claim(&g, &mut taken, &next_name(&r.name))?;
-    }
-    for name in [LABELS, LR, LOSS, CORRECT] {
-        claim(&g, &mut taken, name)?;
-    }
-    for (p, ..) in &params {
-        claim(&g, &mut taken, &next_name(p))?;
+    let step_names = running
+        .iter()
+        .map(|r| next_name(&r.name))
+        .chain([LABELS, LR, LOSS, CORRECT].map(String::from))
+        .chain(params.iter().map(|(p, ..)| next_name(p)));
+    for name in step_names {
+        claim(&g, &mut taken, &name)?;
     }
 
     // Parameters become inputs.
-    let mut initial = Vec::new();
-    let others: Vec<_> = g
-        .proto
-        .input
-        .iter()
-        .filter(|i| i.name() != input)
-        .cloned()
-        .collect();
-    let mut inputs = vec![
-        value_info(&input, input_dtype, &input_shape),
-        value_info(LABELS, DataType::Int64 as i32, &[n]),
-        value_info(LR, DataType::Float as i32, &[]),
-    ];
-    for (p, ty, _) in &params {
-        initial.push(g.remove_initializer(p).expect("an initializer"));
-        inputs.push(value_info(p, ty.dtype, &ty.shape));
-    }
-    let param_names: HashSet<&str> = params.iter().map(|(p, ..)| p.as_str()).collect();
-    inputs.extend(
-        others
-            .into_iter()
-            .filter(|i| !param_names.contains(i.name())),
-    );
-    g.proto.input = inputs;
+    let batch_input = value_info(&input, input_dtype, &input_shape);
+    let mut initial = params_as_inputs(&mut g, batch_input, n, &params);
 
     // Loss.
     softmax_cross_entropy(
@@ -466,38 +572,23 @@ pub fn compile_train(
     for t in std::mem::take(&mut b.initializers) {
         g.add_initializer(t);
     }
-    let mut running_initial = Vec::new();
-    for r in &running {
-        running_initial.push(g.remove_initializer(&r.name).expect("an initializer"));
-    }
-    let state_inputs: Vec<_> = states
+    let running_initial = state_as_inputs(&mut g, &states, &running, 3 + params.len());
+    g.add_nodes(std::mem::take(&mut b.nodes))?;
+    let next_values = params
         .iter()
-        .map(|s| value_info(&s.name, s.dtype, &s.shape))
+        .map(|(p, ty, _)| value_info(&next_name(p), ty.dtype, &ty.shape))
+        .chain(
+            states
+                .iter()
+                .map(|s| value_info(&next_name(&s.name), s.dtype, &s.shape)),
+        )
         .chain(
             running
                 .iter()
-                .map(|r| value_info(&r.name, r.ty.dtype, &r.ty.shape)),
-        )
-        .collect();
-    let at = 3 + params.len();
-    g.proto.input.splice(at..at, state_inputs);
-    g.add_nodes(std::mem::take(&mut b.nodes))?;
-    for (p, ty, _) in &params {
-        g.proto
-            .output
-            .push(value_info(&next_name(p), ty.dtype, &ty.shape));
-    }
-    for s in &states {
-        g.proto
-            .output
-            .push(value_info(&next_name(&s.name), s.dtype, &s.shape));
-        initial.push(zeros(&s.name, s.dtype, &s.shape));
-    }
-    for r in &running {
-        g.proto
-            .output
-            .push(value_info(&next_name(&r.name), r.ty.dtype, &r.ty.shape));
-    }
+                .map(|r| value_info(&next_name(&r.name), r.ty.dtype, &r.ty.shape)),
+        );
+    g.proto.output.extend(next_values);
+    initial.extend(states.iter().map(|s| zeros(&s.name, s.dtype, &s.shape)));
     initial.extend(running_initial);
     g.validate()?;
     refresh_value_info(&mut g, &forward.types);
@@ -506,31 +597,7 @@ pub fn compile_train(
     let shapes = input_shapes(&g);
     driver.cleanup(&mut g, shapes)?;
 
-    let manifest = TrainManifest {
-        input: input.clone(),
-        labels: LABELS.into(),
-        lr: LR.into(),
-        loss: LOSS.into(),
-        correct: CORRECT.into(),
-        batch_size: n,
-        label_smoothing: opts.label_smoothing,
-        optimizer: opts.optimizer,
-        detach_neighbours: opts.detach_neighbours,
-        params: params
-            .iter()
-            .map(|(p, ty, decay)| manifest_tensor(p, ty.dtype, &ty.shape, Some(*decay)))
-            .collect(),
-        state: states
-            .iter()
-            .map(|s| manifest_tensor(&s.name, s.dtype, &s.shape, None))
-            .chain(
-                running
-                    .iter()
-                    .map(|r| manifest_tensor(&r.name, r.ty.dtype, &r.ty.shape, None)),
-            )
-            .collect(),
-        optimizer_state_tensors: states.len(),
-    };
+    let manifest = manifest_of(&input, opts, &params, &states, &running);
     contract::write_manifest(&mut g.model, &manifest);
     let step = g.lower()?;
     let mut eval_inputs = wrt.clone();
