@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rl_passes::analysis::units::UnitKind;
 use rl_passes::pipeline::RewriteOptions;
-use rl_passes::training::{Optimizer, TrainOptions};
+use rl_passes::training::{Optimizer, RunningVariance, TrainOptions};
 use rl_rewrite::compare::CompareOutcome;
 use rl_rewrite::data::{DataSpec, Normalization};
 use rl_rewrite::engine::{Device, EngineChoice};
@@ -300,6 +300,23 @@ enum OptimizerArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum RunningVarArg {
+    /// Σ(x − mean)²/(n − 1), as PyTorch (n = batch × spatial positions per channel).
+    Unbiased,
+    /// Σ(x − mean)²/n, as the ONNX BatchNormalization operator's definition.
+    Biased,
+}
+
+impl From<RunningVarArg> for RunningVariance {
+    fn from(v: RunningVarArg) -> Self {
+        match v {
+            RunningVarArg::Unbiased => RunningVariance::Unbiased,
+            RunningVarArg::Biased => RunningVariance::Biased,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum EngineArg {
     /// ONNX Runtime when its library is found, else the embedded tract engine (with one note on stderr).
     Auto,
@@ -400,6 +417,10 @@ struct CompilerFlags {
     /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
     #[arg(long)]
     detach_neighbours: bool,
+    /// Batch variance that updates BatchNorm running variances: unbiased as PyTorch computes it (models
+    /// exported from PyTorch were trained so), or biased as the ONNX operator defines it.
+    #[arg(long, value_enum, value_name = "KIND", default_value = "unbiased")]
+    bn_running_var: RunningVarArg,
 }
 
 impl CompilerFlags {
@@ -416,6 +437,7 @@ impl CompilerFlags {
             label_smoothing: self.label_smoothing,
             detach_neighbours: self.detach_neighbours,
             decay_all: self.decay_all,
+            bn_running_var: self.bn_running_var.into(),
         }
     }
 }

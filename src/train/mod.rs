@@ -219,6 +219,7 @@ fn settings_of(req: &TrainRequest, manifest: &TrainManifest) -> serde_json::Valu
         "label_smoothing": req.compile.label_smoothing,
         "decay_all": req.compile.decay_all,
         "detach_neighbours": req.compile.detach_neighbours,
+        "bn_running_var": manifest.bn_running_var,
         "lr": req.lr,
         "schedule": req.schedule,
         "warmup": req.warmup,
