@@ -543,7 +543,7 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
     let sizes = StateSizes::of(manifest);
     println!(
         "training {} on {} ({} train / {} test images): {} learnable values in {} tensors, {} optimizer-state \
-         values, {} running statistics, {}, batch {batch}, {steps_per_epoch} steps per epoch, engine {}",
+         values, {} running statistics, batch {batch}, {steps_per_epoch} steps per epoch, engine {}",
         req.model.display(),
         req.data,
         train.len(),
@@ -552,8 +552,19 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
         manifest.params.len(),
         sizes.optimizer_state,
         sizes.running_statistics,
-        manifest.optimizer,
         runner.describe()
+    );
+    println!(
+        "optimizer {}, base learning rate {} ({} schedule{}), BatchNorm running variance {}",
+        manifest.optimizer,
+        req.lr,
+        json!(req.schedule).as_str().unwrap_or("?"),
+        if req.warmup > 0 {
+            format!(", {} warm-up steps", req.warmup)
+        } else {
+            String::new()
+        },
+        manifest.bn_running_var
     );
     let mut epochs_this_run = 0;
     while progress.epoch < req.epochs {
