@@ -1,6 +1,6 @@
 //! `rl-rewrite train` end to end on a residual MLP and synthetic data: it learns (BP and Replacement Learning),
-//! writes metrics and checkpoints that run, resumes bit for bit, stops cleanly on a NaN loss, and takes each
-//! optimizer's own defaults and flags.
+//! writes metrics and checkpoints that run, resumes bit for bit, stops cleanly on a NaN loss, warns of a
+//! diverging one, and takes each optimizer's own defaults and flags.
 //!
 //! ONNX Runtime is used when its library is found; under CI (env `CI`) it must be, never skipped.
 
@@ -299,6 +299,7 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
         t.contains("the loss became") && t.contains("learning rate") && t.contains("epoch 1"),
         "{t}"
     );
+    assert!(t.contains("Hint: lower --lr"), "{t}");
     // The epoch-0 checkpoint is intact: the initial weights, finite.
     let ck = out.join("model.onnx");
     assert_eq!(
@@ -306,6 +307,66 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
         initializer(&model, "blocks.0.weight")
     );
     assert!(out.join("state.onnx").is_file());
+}
+
+#[test]
+fn a_diverging_loss_is_reported_with_a_hint() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("run");
+    // AdamW at 1000 times its usual rate: from the second step on the loss is far past its start. ONNX Runtime
+    // computes it (finite) to the end of the epoch; tract's loss overflows to NaN at once, which stops the run.
+    let o = train(
+        &model,
+        &out,
+        engine,
+        &[
+            "--bp",
+            "--epochs",
+            "1",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "1",
+            "--schedule",
+            "constant",
+        ],
+    );
+    let t = text(&o);
+    assert!(
+        t.contains(
+            "optimizer AdamW (β 0.9/0.999, ε 1e-8, weight decay 0.01), base learning rate 1 "
+        ),
+        "the chosen values are printed first\n{t}"
+    );
+    let hint = "Hint: lower --lr (the base rate is 1e0; AdamW usually trains at 1e-3)";
+    let warnings = t.matches("warning: the training loss grew").count();
+    assert!(warnings <= 1, "one warning at most\n{t}");
+    if o.status.success() {
+        assert_eq!(warnings, 1, "{t}");
+        assert!(
+            t.contains(&format!(
+                "at step 2 (epoch 1, learning rate 1.000e0): training is diverging. {hint}"
+            )),
+            "{t}"
+        );
+    } else {
+        assert!(
+            t.contains("the loss became NaN at step")
+                && t.contains("learning rate 1.000e0")
+                && t.contains(hint),
+            "{t}"
+        );
+    }
+    if engine == "ort" {
+        assert!(o.status.success() && warnings == 1, "{t}");
+    }
+    // Whether the run stopped or finished, its checkpoint is whole.
+    assert!(out.join("state.onnx").is_file() && out.join("model.onnx").is_file());
+    assert!(initializer(&out.join("model.onnx"), "blocks.0.weight")
+        .iter()
+        .all(|v| v.is_finite()));
 }
 
 #[test]
