@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use rl_rewrite::engine::conv_weight_grad::{fast_for, Geometry, WeightGrad};
+use rl_rewrite::engine::ort::conv_weight_grad::{fast_for, Geometry, WeightGrad};
 
 /// Median milliseconds of `runs` calls.
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {

@@ -1,4 +1,4 @@
-//! This crate's ONNX Runtime kernels (`engine::ort_ops`) on inputs they must refuse: the error names the op and
+//! This crate's ONNX Runtime kernels (`engine::ort::ops`) on inputs they must refuse: the error names the op and
 //! what is wrong, and the session reports it instead of crashing.
 
 mod common;
@@ -7,8 +7,8 @@ use ort::session::SessionInputValue;
 use ort::value::TensorRef;
 use rl_passes::onnx::{tensor_proto::DataType, AttributeProto, ModelProto};
 use rl_passes::testing::{attr, node, sym, Dim, ModelBuilder, NodeExt, SCALAR};
+use rl_rewrite::engine::ort::ops::{CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
 use rl_rewrite::engine::ort::OrtSessionBuilder;
-use rl_rewrite::engine::ort_ops::{CONV_WEIGHT_GRAD, DOMAIN, RELU_GRAD};
 use rl_rewrite::engine::Device;
 
 /// A model of one node of this crate's domain reading float inputs `a` and `b` (of the given ranks).

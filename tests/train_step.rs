@@ -261,7 +261,7 @@ fn cpu_lowered_step_models_agree_with_tract() {
     if !common::ort_available() {
         return;
     }
-    let Some(block) = rl_rewrite::engine::ort_nchwc::block_size() else {
+    let Some(block) = rl_rewrite::engine::ort::nchwc::block_size() else {
         #[cfg(target_arch = "x86_64")]
         assert!(
             !std::is_x86_feature_detected!("avx2"),
@@ -273,7 +273,7 @@ fn cpu_lowered_step_models_agree_with_tract() {
     let m = build_custom_resnet_cifar(3, 16, &OPTS).unwrap();
     for (name, model) in [("bp", m.clone()), ("every2", every2(m))] {
         let t = compiled(&model, 4, false);
-        let lowered = rl_rewrite::engine::ort_cpu::lower_for_cpu(&t.step)
+        let lowered = rl_rewrite::engine::ort::cpu::lower_for_cpu(&t.step)
             .unwrap()
             .expect("convolutions to lower");
         let g = lowered.graph.as_ref().unwrap();
@@ -281,7 +281,7 @@ fn cpu_lowered_step_models_agree_with_tract() {
             .node
             .iter()
             .filter(|n| {
-                n.op_type() == "Conv" && n.domain() == rl_rewrite::engine::ort_nchwc::NCHWC_DOMAIN
+                n.op_type() == "Conv" && n.domain() == rl_rewrite::engine::ort::nchwc::NCHWC_DOMAIN
             })
             .count();
         let plain = g
@@ -296,7 +296,7 @@ fn cpu_lowered_step_models_agree_with_tract() {
         );
         // Every weight gradient but the stem's by this crate's kernel, where this CPU has its vector tile.
         let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
-        let own = count(rl_rewrite::engine::ort_ops::CONV_WEIGHT_GRAD);
+        let own = count(rl_rewrite::engine::ort::ops::CONV_WEIGHT_GRAD);
         let im2col = g
             .node
             .iter()
@@ -307,12 +307,15 @@ fn cpu_lowered_step_models_agree_with_tract() {
             })
             .count();
         // Every Relu's gradient is one fused kernel.
-        let (relus, relu_grads) = (count("Relu"), count(rl_rewrite::engine::ort_ops::RELU_GRAD));
+        let (relus, relu_grads) = (
+            count("Relu"),
+            count(rl_rewrite::engine::ort::ops::RELU_GRAD),
+        );
         assert!(
             relus >= 7 && relu_grads == relus,
             "{name}: {relus} Relus, {relu_grads} fused Relu gradients"
         );
-        if rl_rewrite::engine::conv_weight_grad::fast_for(block) {
+        if rl_rewrite::engine::ort::conv_weight_grad::fast_for(block) {
             assert!(
                 own >= 18 && im2col <= 1,
                 "{name}: {own} own weight-gradient kernels, {im2col} im2col ones left"

@@ -6,19 +6,12 @@
 //!   this crate's CPU kernels, profiling); [`tract::TractModel`] is the one tract preparation.
 //! - [`HostTensor`] is what goes in and comes out on the host; [`Engine`] runs a model on host tensors.
 //!
-//! Engine-specific lowering (NCHWc layouts, own kernels, tract's node renaming) lives here and nowhere else.
+//! Engine-specific lowering lives here and nowhere else: ONNX Runtime's CPU lowering (NCHWc layouts, this crate's
+//! kernels) under [`ort`], tract's preparation (node renaming, Dropout and LogSoftmax lowering) under [`tract`].
 
-pub mod conv_weight_grad;
 pub mod host;
 pub mod ort;
-pub mod ort_cpu;
-pub mod ort_nchwc;
-pub mod ort_ops;
-pub mod ort_relu_grad;
-pub mod ort_weight_grad;
 pub mod tract;
-mod tract_dropout;
-mod tract_log_softmax;
 
 pub use host::{ElementType, HostTensor, TensorData};
 

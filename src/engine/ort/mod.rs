@@ -3,9 +3,19 @@
 //! The library is looked up by [`find_library`] and loaded once per process ([`environment`]). Sessions are built
 //! by [`session::OrtSessionBuilder`] only; [`OrtEngine`] runs one on host tensors and reports the providers that
 //! ran its nodes, as measured from ORT's profile ([`profile`]).
+//!
+//! The CPU lowering of training steps ([`cpu::lower_for_cpu`]): convolutions in ONNX Runtime's blocked NCHWc
+//! kernels ([`nchwc`]), and this crate's own kernels ([`ops`]: [`conv_weight_grad`], ReluGrad) replacing the
+//! subgraphs the autodiff noted ([`weight_grad`], [`relu_grad`]).
 
+pub mod conv_weight_grad;
+pub mod cpu;
+pub mod nchwc;
+pub mod ops;
 pub mod profile;
+pub mod relu_grad;
 pub mod session;
+pub mod weight_grad;
 
 pub use profile::{allocator_stats, placement_from_profile};
 pub use session::{OrtEngine, OrtSession, OrtSessionBuilder};

@@ -68,14 +68,14 @@ impl OrtSessionBuilder {
         self
     }
 
-    /// On the CPU provider, register this crate's kernels ([`crate::engine::ort_ops`]) for models that use them.
+    /// On the CPU provider, register this crate's kernels ([`crate::engine::ort::ops`]) for models that use them.
     pub fn own_kernels(mut self, on: bool) -> Self {
         self.own_kernels = on;
         self
     }
 
     /// On the CPU provider, run the model lowered to ONNX Runtime's blocked-layout kernels and this crate's own
-    /// ([`crate::engine::ort_cpu::lower_for_cpu`]; implies [`Self::own_kernels`]). A speed-up only: a model the
+    /// ([`crate::engine::ort::cpu::lower_for_cpu`]; implies [`Self::own_kernels`]). A speed-up only: a model the
     /// lowering cannot analyse, or whose lowered form ONNX Runtime refuses, runs as it is, with a warning.
     pub fn lower_for_cpu(mut self, on: bool) -> Self {
         self.lower_for_cpu = on;
@@ -119,7 +119,7 @@ impl OrtSessionBuilder {
 
     fn on_cpu(&self, rt: &Runtime, model: &ModelProto) -> Result<OrtSession, EngineError> {
         if self.lower_for_cpu {
-            let lowered = crate::engine::ort_cpu::lower_for_cpu(model).unwrap_or_else(|e| {
+            let lowered = crate::engine::ort::cpu::lower_for_cpu(model).unwrap_or_else(|e| {
                 eprintln!(
                     "warning: the model runs without ONNX Runtime's CPU-specific kernels: {e:#}"
                 );
@@ -177,7 +177,7 @@ impl OrtSessionBuilder {
                 )
             })?
         } else if self.own_kernels || self.lower_for_cpu {
-            crate::engine::ort_ops::commit_with_own_ops(builder, bytes)
+            crate::engine::ort::ops::commit_with_own_ops(builder, bytes)
                 .map_err(|e| format!("ONNX Runtime could not create a session: {e:#}"))?
         } else {
             builder

@@ -1,5 +1,5 @@
 //! Replaces the im2col weight gradients of a training step by this crate's own ONNX Runtime kernel
-//! ([`super::ort_ops`]), which reads X and dY in the blocked layout of the NCHWc convolutions.
+//! ([`super::ops`]), which reads X and dY in the blocked layout of the NCHWc convolutions.
 //!
 //! The autodiff marks the last node of each im2col weight gradient with a [`WeightGradNote`] (the forward
 //! input X, the output gradient dY and the window). For every marked gradient whose channel counts are
@@ -17,8 +17,8 @@ use rl_passes::onnx::{tensor_proto::DataType, NodeProto};
 use rl_passes::pass::{Changed, Pass, PassError};
 use rl_passes::passes::DeadCodeElimination;
 
-use super::ort_nchwc::{node, NCHWC_DOMAIN};
-use super::ort_ops::{note, replace_by_own_op, CONV_WEIGHT_GRAD};
+use super::nchwc::{node, NCHWC_DOMAIN};
+use super::ops::{note, replace_by_own_op, CONV_WEIGHT_GRAD};
 
 pub struct NchwcWeightGrads {
     block: usize,

@@ -11,7 +11,7 @@
 
 use rl_passes::onnx::{attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto};
 
-use super::tract_dropout::{int_attribute, op};
+use super::dropout::{int_attribute, op};
 
 /// The model's version of the default ONNX domain.
 fn default_opset(model: &ModelProto) -> Option<i64> {

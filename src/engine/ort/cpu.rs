@@ -6,14 +6,14 @@ use rl_passes::ir::Graph;
 use rl_passes::onnx::ModelProto;
 use rl_passes::pass::{Changed, Pass};
 
-use super::ort_nchwc::{block_size, NchwcConvs};
-use super::ort_relu_grad::FusedReluGrads;
-use super::ort_weight_grad::NchwcWeightGrads;
+use super::nchwc::{block_size, NchwcConvs};
+use super::relu_grad::FusedReluGrads;
+use super::weight_grad::NchwcWeightGrads;
 
 /// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]), their weight gradients
 /// computed from that layout ([`NchwcWeightGrads`]) and its Relu gradients fused ([`FusedReluGrads`]); `None`
 /// when nothing was eligible. Sessions of the result need this crate's kernels
-/// ([`super::ort_ops::commit_with_own_ops`]). Symbolic input dimensions are taken as 1: eligibility depends on
+/// ([`super::ops::commit_with_own_ops`]). Symbolic input dimensions are taken as 1: eligibility depends on
 /// channel counts and on shapes being equal only.
 pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
     let mut graph = Graph::lift(model.clone())?;

@@ -1,5 +1,5 @@
 //! Replaces each noted Relu gradient of a training step (`dY · Ceil(Min(Y, 1))`: three passes over an
-//! activation) by this crate's one-pass `ReluGrad` kernel ([`super::ort_ops`]).
+//! activation) by this crate's one-pass `ReluGrad` kernel ([`super::ops`]).
 
 use std::collections::HashMap;
 
@@ -10,7 +10,7 @@ use rl_passes::onnx::tensor_proto::DataType;
 use rl_passes::pass::{Changed, Pass, PassError};
 use rl_passes::passes::DeadCodeElimination;
 
-use super::ort_ops::{note, replace_by_own_op, RELU_GRAD};
+use super::ops::{note, replace_by_own_op, RELU_GRAD};
 
 pub struct FusedReluGrads {
     /// Types of the step model's values (Y and dY keep their names and shapes through the lowering).

@@ -2,6 +2,9 @@
 //! renaming and the shape annotations it cannot take are handled there), whether it is then run on host tensors
 //! ([`TractEngine`]) or driven value by value by the training runner.
 
+mod dropout;
+mod log_softmax;
+
 use prost::Message;
 use rl_passes::onnx::{type_proto::Value as Type, ModelProto};
 use tract_onnx::prelude::*;
@@ -68,7 +71,7 @@ pub struct TractModel {
 impl TractModel {
     /// Prepares `model` for the given inputs. Every input tract sees (graph inputs without a stored default)
     /// needs a fact. Random ops (training-mode Dropout) draw afresh on every run. LogSoftmax runs in its shifted
-    /// form (tract_log_softmax).
+    /// form ([`log_softmax`]).
     pub fn prepare(model: &ModelProto, facts: &[InputFact]) -> Result<TractModel, EngineError> {
         Self::prepare_with_seed(model, facts, None)
     }
@@ -83,8 +86,8 @@ impl TractModel {
         let prep = |e: TractError| prepare_error(format!("{e:#}"));
         let mut model = model.clone();
         number_node_names(&mut model);
-        super::tract_dropout::lower_training_dropout(&mut model, seed);
-        super::tract_log_softmax::lower_log_softmax(&mut model);
+        dropout::lower_training_dropout(&mut model, seed);
+        log_softmax::lower_log_softmax(&mut model);
         // Symbolic dims in intermediate shape annotations (dynamo exports) clash with the concrete input facts
         // tract is given; it infers every shape itself, so they are dropped.
         if let Some(g) = &mut model.graph {
