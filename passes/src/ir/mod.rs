@@ -599,6 +599,20 @@ impl Graph {
         self.dag.node_indices().map(move |i| (i, &self.dag[i]))
     }
 
+    /// The nodes of the default ONNX domain with op type `op`, in index order.
+    pub fn nodes_with_op<'a>(
+        &'a self,
+        op: &'a str,
+    ) -> impl Iterator<Item = (NodeIndex, &'a NodeProto)> + 'a {
+        self.nodes()
+            .filter(move |(_, n)| n.op_type() == op && matches!(n.domain(), "" | "ai.onnx"))
+    }
+
+    /// The indices of [`Graph::nodes_with_op`], collected (for passes that change the graph while visiting them).
+    pub fn indices_of_op(&self, op: &str) -> Vec<NodeIndex> {
+        self.nodes_with_op(op).map(|(i, _)| i).collect()
+    }
+
     pub fn node_indices(&self) -> impl Iterator<Item = NodeIndex> + '_ {
         self.dag.node_indices()
     }

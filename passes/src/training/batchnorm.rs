@@ -73,11 +73,9 @@ pub struct RunningStat {
 /// BatchNormalization node.
 pub fn bn_tensors(g: &Graph) -> (Vec<String>, Vec<String>) {
     let (mut stats, mut params) = (Vec::new(), Vec::new());
-    for (_, n) in g.nodes() {
-        if n.op_type() == "BatchNormalization" {
-            stats.extend(n.input.iter().skip(3).take(2).cloned());
-            params.extend(n.input.iter().skip(1).take(2).cloned());
-        }
+    for (_, n) in g.nodes_with_op("BatchNormalization") {
+        stats.extend(n.input.iter().skip(3).take(2).cloned());
+        params.extend(n.input.iter().skip(1).take(2).cloned());
     }
     (stats, params)
 }
@@ -92,10 +90,7 @@ pub fn running_statistics(
     running_var: RunningVariance,
 ) -> Result<Vec<RunningStat>, TrainError> {
     let mut stats: Vec<RunningStat> = Vec::new();
-    for (_, n) in g
-        .nodes()
-        .filter(|(_, n)| n.op_type() == "BatchNormalization")
-    {
+    for (_, n) in g.nodes_with_op("BatchNormalization") {
         let label = n.name();
         if n.input.len() != 5 || n.input.iter().any(String::is_empty) {
             return Err(TrainError::Unsupported(format!(

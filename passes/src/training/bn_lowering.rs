@@ -37,11 +37,7 @@ impl Pass for LowerBatchNormTraining<'_> {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<Changed, PassError> {
-        let targets: Vec<_> = g
-            .nodes()
-            .filter(|(_, n)| n.op_type() == "BatchNormalization")
-            .map(|(i, _)| i)
-            .collect();
+        let targets = g.indices_of_op("BatchNormalization");
         let b = &mut *self.builder;
         let (first_node, first_constant) = (b.nodes.len(), b.initializers.len());
         for &i in &targets {

@@ -14,11 +14,7 @@ impl Pass for BatchNormTrainingMode {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<Changed, PassError> {
-        let targets: Vec<_> = g
-            .nodes()
-            .filter(|(_, n)| n.op_type() == "BatchNormalization")
-            .map(|(i, _)| i)
-            .collect();
+        let targets = g.indices_of_op("BatchNormalization");
         for &i in &targets {
             g.set_attribute(i, A::Int(1).into_proto("training_mode"))?;
         }

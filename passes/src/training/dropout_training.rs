@@ -17,11 +17,7 @@ impl Pass for DropoutTrainingMode {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<Changed, PassError> {
-        let targets: Vec<_> = g
-            .nodes()
-            .filter(|(_, n)| n.op_type() == "Dropout")
-            .map(|(i, _)| i)
-            .collect();
+        let targets = g.indices_of_op("Dropout");
         if targets.is_empty() {
             return Ok(Changed::No);
         }
