@@ -4,7 +4,8 @@
 use rl_passes::analysis::shapes::infer_shapes;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::ModelProto;
-use rl_passes::pass::{Changed, Pass};
+use rl_passes::pass::{Changed, Driver};
+use rl_passes::passes::DeadCodeElimination;
 
 use super::nchwc::{block_size, NchwcConvs};
 use super::relu_grad::FusedReluGrads;
@@ -20,19 +21,24 @@ pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
     // Of the standard model, once for all the passes: the lowered values keep their names and shapes, but the
     // ops of the lowered graph are beyond shape inference.
     let types = infer_shapes(&graph, &crate::inputs::input_shapes(model, 1))?;
+    let mut driver = Driver::new();
     let mut changed = Changed::No;
     if let Some(block) = block_size() {
-        if NchwcConvs::new(block, types.clone()).run(&mut graph)? == Changed::Yes {
+        if driver.run(&mut graph, &mut NchwcConvs::new(block, types.clone()))? == Changed::Yes {
             changed = Changed::Yes;
             // After the convolutions, whose reorders of X and dY the weight gradients reuse.
-            NchwcWeightGrads::new(block, types.clone()).run(&mut graph)?;
+            driver.run(&mut graph, &mut NchwcWeightGrads::new(block, types.clone()))?;
         }
     }
-    if FusedReluGrads::new(types).run(&mut graph)? == Changed::Yes {
+    if driver.run(&mut graph, &mut FusedReluGrads::new(types))? == Changed::Yes {
         changed = Changed::Yes;
     }
     Ok(match changed {
-        Changed::Yes => Some(graph.lower()?),
+        Changed::Yes => {
+            // What only fed the replaced subgraphs (the im2col patches, the Relu masks).
+            driver.run(&mut graph, &mut DeadCodeElimination)?;
+            Some(graph.lower()?)
+        }
         Changed::No => None,
     })
 }

@@ -8,7 +8,6 @@ use rl_passes::autodiff::rules::{ReluGradNote, RELU_GRAD_NOTE};
 use rl_passes::ir::Graph;
 use rl_passes::onnx::tensor_proto::DataType;
 use rl_passes::pass::{Changed, Pass, PassError};
-use rl_passes::passes::DeadCodeElimination;
 
 use super::ops::{note, replace_by_own_op, RELU_GRAD};
 
@@ -49,7 +48,6 @@ impl Pass for FusedReluGrads {
         for (index, note) in chosen {
             replace_by_own_op(graph, index, RELU_GRAD, vec![note.y, note.dy], vec![])?;
         }
-        DeadCodeElimination.run(graph)?;
         Ok(Changed::Yes)
     }
 }

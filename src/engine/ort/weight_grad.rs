@@ -15,7 +15,6 @@ use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::{tensor_proto::DataType, NodeProto};
 use rl_passes::pass::{Changed, Pass, PassError};
-use rl_passes::passes::DeadCodeElimination;
 
 use super::nchwc::{node, NCHWC_DOMAIN};
 use super::ops::{note, replace_by_own_op, CONV_WEIGHT_GRAD};
@@ -116,7 +115,6 @@ impl Pass for NchwcWeightGrads {
                 ],
             )?;
         }
-        DeadCodeElimination.run(graph)?;
         Ok(Changed::Yes)
     }
 }
