@@ -121,6 +121,7 @@ pub fn compare_command(base: &TrainRequest) -> Result<CompareOutcome> {
         "label_smoothing": base.compile.label_smoothing,
         "decay_all": base.compile.decay_all,
         "detach_neighbours": base.compile.detach_neighbours,
+        "bn_running_var": base.compile.bn_running_var,
         "seed": base.seed,
         "engine": format!("{:?}", base.engine),
         "device": format!("{:?}", base.device),

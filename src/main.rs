@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rl_passes::analysis::units::UnitKind;
 use rl_passes::pipeline::RewriteOptions;
-use rl_passes::training::{Optimizer, TrainOptions};
+use rl_passes::training::optimizer::{ADAMW_BETAS, ADAMW_EPS, ADAMW_WEIGHT_DECAY};
+use rl_passes::training::{Optimizer, RunningVariance, TrainOptions};
 use rl_rewrite::compare::CompareOutcome;
 use rl_rewrite::data::{DataSpec, Normalization};
 use rl_rewrite::engine::{Device, EngineChoice};
@@ -291,12 +293,70 @@ enum AugmentArg {
     None,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OptimizerArg {
-    /// SGD with momentum (optionally Nesterov) and weight decay.
+    /// SGD, a CIFAR recipe: lr 0.1, momentum 0.9, weight decay 5e-4 (Nesterov with --nesterov).
     Sgd,
-    /// AdamW (β 0.9/0.999, ε 1e-8, decoupled weight decay).
+    /// AdamW as torch.optim.AdamW: lr 1e-3, betas 0.9,0.999, eps 1e-8, decoupled weight decay 0.01.
     Adamw,
+}
+
+impl OptimizerArg {
+    fn name(self) -> &'static str {
+        match self {
+            OptimizerArg::Sgd => "sgd",
+            OptimizerArg::Adamw => "adamw",
+        }
+    }
+
+    /// The base learning rate when --lr is not given.
+    fn default_lr(self) -> f64 {
+        match self {
+            OptimizerArg::Sgd => DEFAULT_SGD_LR,
+            OptimizerArg::Adamw => DEFAULT_ADAMW_LR,
+        }
+    }
+}
+
+const DEFAULT_SGD_LR: f64 = 0.1;
+const DEFAULT_ADAMW_LR: f64 = 1e-3;
+const DEFAULT_SGD_MOMENTUM: f64 = 0.9;
+const DEFAULT_SGD_WEIGHT_DECAY: f64 = 5e-4;
+
+/// AdamW's β1 and β2, given as `B1,B2`.
+#[derive(Clone, Copy, Debug)]
+struct Betas(f64, f64);
+
+fn parse_betas(s: &str) -> Result<Betas, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [b1, b2] = parts.as_slice() else {
+        return Err(format!(
+            "expected two numbers B1,B2 such as 0.9,0.999, got '{s}'"
+        ));
+    };
+    let num = |v: &str| {
+        v.parse::<f64>().map_err(|_| {
+            format!("'{v}' in '{s}' is not a number; expected B1,B2 such as 0.9,0.999")
+        })
+    };
+    Ok(Betas(num(b1)?, num(b2)?))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunningVarArg {
+    /// Σ(x − mean)²/(n − 1), as PyTorch (n = batch × spatial positions per channel).
+    Unbiased,
+    /// Σ(x − mean)²/n, as the ONNX BatchNormalization operator's definition.
+    Biased,
+}
+
+impl From<RunningVarArg> for RunningVariance {
+    fn from(v: RunningVarArg) -> Self {
+        match v {
+            RunningVarArg::Unbiased => RunningVariance::Unbiased,
+            RunningVarArg::Biased => RunningVariance::Biased,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -379,16 +439,23 @@ impl From<ScheduleArg> for Schedule {
 /// `compare`).
 #[derive(Args, Clone)]
 struct CompilerFlags {
+    /// The optimizer; each has its own defaults (the flags of the other one are refused).
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: OptimizerArg,
-    /// SGD momentum.
-    #[arg(long, value_name = "M", default_value_t = 0.9)]
-    momentum: f64,
-    /// Nesterov momentum (SGD).
+    /// SGD only: momentum [default: 0.9].
+    #[arg(long, value_name = "M")]
+    momentum: Option<f64>,
+    /// SGD only: Nesterov momentum.
     #[arg(long)]
     nesterov: bool,
-    /// Weight decay [default: 5e-4 for SGD, 0.01 for AdamW]; never applied to a, b, biases or norm
-    /// parameters unless --decay-all.
+    /// AdamW only: the moments' decay rates β1,β2 [default: 0.9,0.999].
+    #[arg(long, value_name = "B1,B2", value_parser = parse_betas, allow_hyphen_values = true)]
+    betas: Option<Betas>,
+    /// AdamW only: ε added to the denominator [default: 1e-8].
+    #[arg(long, value_name = "EPS")]
+    eps: Option<f64>,
+    /// Weight decay [default: 5e-4 for sgd, 0.01 for adamw (decoupled)]; never applied to a, b, biases or
+    /// norm parameters unless --decay-all.
     #[arg(long, value_name = "WD")]
     weight_decay: Option<f64>,
     /// Apply weight decay to every parameter.
@@ -400,23 +467,82 @@ struct CompilerFlags {
     /// Stop gradients from reaching the neighbours' parameters through the integration subgraphs.
     #[arg(long)]
     detach_neighbours: bool,
+    /// Batch variance that updates BatchNorm running variances: unbiased as PyTorch computes it (models
+    /// exported from PyTorch were trained so), or biased as the ONNX operator defines it.
+    #[arg(long, value_enum, value_name = "KIND", default_value = "unbiased")]
+    bn_running_var: RunningVarArg,
 }
 
 impl CompilerFlags {
-    /// The compiler's options for a fixed batch size.
-    fn options(&self, batch: usize) -> TrainOptions {
-        TrainOptions {
+    /// The compiler's options for a fixed batch size; flags that do not apply to the chosen optimizer are
+    /// refused.
+    fn options(&self, batch: usize) -> anyhow::Result<TrainOptions> {
+        Ok(TrainOptions {
             batch_size: batch,
-            optimizer: make_optimizer(
-                self.optimizer,
-                self.momentum,
-                self.nesterov,
-                self.weight_decay,
-            ),
+            optimizer: self.make_optimizer()?,
             label_smoothing: self.label_smoothing,
             detach_neighbours: self.detach_neighbours,
             decay_all: self.decay_all,
+            bn_running_var: self.bn_running_var.into(),
+        })
+    }
+
+    /// The optimizer with the user's values and the chosen optimizer's defaults for the others.
+    fn make_optimizer(&self) -> anyhow::Result<Optimizer> {
+        let kind = self.optimizer;
+        // (flag, given, the optimizer it belongs to, what the chosen optimizer has instead)
+        let foreign: &[(&str, bool, &str, &str)] = match kind {
+            OptimizerArg::Sgd => &[
+                (
+                    "--betas",
+                    self.betas.is_some(),
+                    "adamw",
+                    "SGD's is --momentum M",
+                ),
+                ("--eps", self.eps.is_some(), "adamw", "SGD has no ε"),
+            ],
+            OptimizerArg::Adamw => &[
+                (
+                    "--momentum",
+                    self.momentum.is_some(),
+                    "sgd",
+                    "AdamW's moment decay rates are --betas B1,B2",
+                ),
+                (
+                    "--nesterov",
+                    self.nesterov,
+                    "sgd",
+                    "AdamW has no Nesterov variant here",
+                ),
+            ],
+        };
+        if let Some((flag, _, owner, instead)) = foreign.iter().find(|(_, given, ..)| *given) {
+            bail!(
+                "{flag} applies to --optimizer {owner} only, and the optimizer is {} ({instead}): leave {flag} \
+                 out, or choose --optimizer {owner}",
+                kind.name()
+            );
         }
+        let optimizer = match kind {
+            OptimizerArg::Sgd => Optimizer::sgd(
+                self.momentum.unwrap_or(DEFAULT_SGD_MOMENTUM),
+                self.nesterov,
+                self.weight_decay.unwrap_or(DEFAULT_SGD_WEIGHT_DECAY),
+            ),
+            OptimizerArg::Adamw => {
+                let Betas(beta1, beta2) = self.betas.unwrap_or(Betas(ADAMW_BETAS.0, ADAMW_BETAS.1));
+                Optimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps: self.eps.unwrap_or(ADAMW_EPS),
+                    weight_decay: self.weight_decay.unwrap_or(ADAMW_WEIGHT_DECAY),
+                }
+            }
+        };
+        if let Err(e) = optimizer.validate() {
+            bail!("--optimizer {}: {e}", kind.name());
+        }
+        Ok(optimizer)
     }
 }
 
@@ -433,9 +559,9 @@ struct TrainFlags {
     batch: usize,
     #[command(flatten)]
     compiler: CompilerFlags,
-    /// Base learning rate.
-    #[arg(long, value_name = "LR", default_value_t = 0.1)]
-    lr: f64,
+    /// Base learning rate [default: 0.1 for sgd, 1e-3 for adamw].
+    #[arg(long, value_name = "LR")]
+    lr: Option<f64>,
     #[arg(long, value_enum, default_value = "cosine")]
     schedule: ScheduleArg,
     /// Linear warm-up over the first N steps.
@@ -453,14 +579,25 @@ struct TrainFlags {
 
 impl TrainFlags {
     /// The request to train `model` (rewritten with `every`, or BP) into `out`.
-    fn request(&self, model: PathBuf, every: Option<usize>, out: PathBuf) -> train::TrainRequest {
-        train::TrainRequest {
+    fn request(
+        &self,
+        model: PathBuf,
+        every: Option<usize>,
+        out: PathBuf,
+    ) -> anyhow::Result<train::TrainRequest> {
+        let lr = self
+            .lr
+            .unwrap_or_else(|| self.compiler.optimizer.default_lr());
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr must be a positive finite number (got {lr})");
+        }
+        Ok(train::TrainRequest {
             model,
             data: self.data.clone(),
             every,
             epochs: self.epochs,
-            compile: self.compiler.options(self.batch),
-            lr: self.lr,
+            compile: self.compiler.options(self.batch)?,
+            lr,
             schedule: self.schedule.into(),
             warmup: self.warmup,
             augment: matches!(self.augment, AugmentArg::CropFlip),
@@ -471,32 +608,7 @@ impl TrainFlags {
             resume: None,
             stop_after: None,
             stop: &INTERRUPTED,
-        }
-    }
-}
-
-fn make_optimizer(
-    kind: OptimizerArg,
-    momentum: f64,
-    nesterov: bool,
-    weight_decay: Option<f64>,
-) -> Optimizer {
-    match kind {
-        OptimizerArg::Sgd => Optimizer::sgd(momentum, nesterov, weight_decay.unwrap_or(5e-4)),
-        OptimizerArg::Adamw => match Optimizer::adamw() {
-            Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay: default,
-            } => Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay: weight_decay.unwrap_or(default),
-            },
-            other => other,
-        },
+        })
     }
 }
 
@@ -538,7 +650,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             output,
             eval_output: eval_out,
             manifest,
-            options: compiler.options(batch),
+            options: compiler.options(batch)?,
         })
         .map(success),
         Some(Command::Train {
@@ -553,7 +665,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let req = train::TrainRequest {
                 resume,
                 stop_after,
-                ..flags.request(model, every, out)
+                ..flags.request(model, every, out)?
             };
             catch_ctrl_c();
             Ok(match train::train_command(&req)? {
@@ -569,7 +681,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }) => {
             catch_ctrl_c();
             Ok(
-                match compare::compare_command(&flags.request(model, Some(every), out))? {
+                match compare::compare_command(&flags.request(model, Some(every), out)?)? {
                     CompareOutcome::Interrupted => EXIT_INTERRUPTED,
                     CompareOutcome::Done => 0,
                 },

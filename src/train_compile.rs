@@ -50,11 +50,12 @@ pub fn compile_train_command(req: &CompileTrainRequest) -> Result<()> {
         .map(|p| p.shape.iter().product::<usize>())
         .sum();
     println!(
-        "training step: {} trainable tensors ({params} values), {} state tensors (optimizer state, BatchNormalization running statistics), batch {}, {}",
+        "training step: {} trainable tensors ({params} values), {} state tensors (optimizer state, BatchNormalization running statistics), batch {}, {}, BatchNorm running variance {}",
         m.params.len(),
         m.state.len(),
         m.batch_size,
-        m.optimizer
+        m.optimizer,
+        m.bn_running_var
     );
     println!(
         "inputs: {} [batch], {} [labels], {} [learning rate], then each parameter and state x; outputs: {}, {}, x.next",

@@ -220,3 +220,77 @@ fn compile_train_takes_batchnorm_running_statistics_as_state() {
     );
     common::onnx_check(&[&step, &eval]);
 }
+
+#[test]
+fn the_running_variance_choice_and_the_optimizer_are_recorded_in_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("r20.onnx");
+    let bin = env!("CARGO_BIN_EXE_rl-rewrite");
+    assert!(Command::new(bin)
+        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let compile = |extra: &[&str]| {
+        let manifest = dir.path().join("m.json");
+        let out = Command::new(bin)
+            .arg("compile-train")
+            .arg(&model)
+            .args(["--batch", "2", "-o"])
+            .arg(dir.path().join("s.onnx"))
+            .arg("--manifest")
+            .arg(&manifest)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = out.status.success().then(|| {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&manifest).unwrap())
+                .unwrap()
+        });
+        (text, json)
+    };
+    let (text, m) = compile(&[]);
+    let m = m.unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(m["bn_running_var"], "unbiased", "{m}");
+    assert!(
+        text.contains("BatchNorm running variance unbiased"),
+        "{text}"
+    );
+    assert_eq!(m["optimizer"]["kind"], "sgd");
+    assert_eq!(m["optimizer"]["momentum"], 0.9);
+    assert_eq!(m["optimizer"]["weight_decay"], 5e-4);
+
+    let (text, m) = compile(&[
+        "--bn-running-var",
+        "biased",
+        "--optimizer",
+        "adamw",
+        "--betas",
+        "0.8,0.95",
+    ]);
+    let m = m.unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(m["bn_running_var"], "biased", "{m}");
+    assert!(text.contains("BatchNorm running variance biased"), "{text}");
+    assert_eq!(m["optimizer"]["kind"], "adamw");
+    assert_eq!(m["optimizer"]["beta1"], 0.8);
+    assert_eq!(m["optimizer"]["beta2"], 0.95);
+    assert_eq!(m["optimizer"]["eps"], 1e-8);
+    assert_eq!(m["optimizer"]["weight_decay"], 0.01);
+
+    let (text, m) = compile(&["--optimizer", "adamw", "--nesterov"]);
+    assert!(m.is_none(), "{text}");
+    assert!(
+        text.contains("--nesterov applies to --optimizer sgd only, and the optimizer is adamw"),
+        "{text}"
+    );
+    let (text, m) = compile(&["--bn-running-var", "sample"]);
+    assert!(
+        m.is_none() && text.contains("unbiased") && text.contains("biased"),
+        "{text}"
+    );
+}

@@ -1,5 +1,6 @@
 //! `rl-rewrite train` end to end on a residual MLP and synthetic data: it learns (BP and Replacement Learning),
-//! writes metrics and checkpoints that run, resumes bit for bit, and stops cleanly on a NaN loss.
+//! writes metrics and checkpoints that run, resumes bit for bit, stops cleanly on a NaN loss, warns of a
+//! diverging one, and takes each optimizer's own defaults and flags.
 //!
 //! ONNX Runtime is used when its library is found; under CI (env `CI`) it must be, never skipped.
 
@@ -298,6 +299,7 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
         t.contains("the loss became") && t.contains("learning rate") && t.contains("epoch 1"),
         "{t}"
     );
+    assert!(t.contains("Hint: lower --lr"), "{t}");
     // The epoch-0 checkpoint is intact: the initial weights, finite.
     let ck = out.join("model.onnx");
     assert_eq!(
@@ -305,6 +307,163 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
         initializer(&model, "blocks.0.weight")
     );
     assert!(out.join("state.onnx").is_file());
+}
+
+#[test]
+fn a_diverging_loss_is_reported_with_a_hint() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let out = dir.path().join("run");
+    // AdamW at 1000 times its usual rate: from the second step on the loss is far past its start. ONNX Runtime
+    // computes it (finite) to the end of the epoch; tract's loss overflows to NaN at once, which stops the run.
+    let o = train(
+        &model,
+        &out,
+        engine,
+        &[
+            "--bp",
+            "--epochs",
+            "1",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "1",
+            "--schedule",
+            "constant",
+        ],
+    );
+    let t = text(&o);
+    assert!(
+        t.contains(
+            "optimizer AdamW (β 0.9/0.999, ε 1e-8, weight decay 0.01), base learning rate 1 "
+        ),
+        "the chosen values are printed first\n{t}"
+    );
+    let hint = "Hint: lower --lr (the base rate is 1e0; AdamW usually trains at 1e-3)";
+    let warnings = t.matches("warning: the training loss grew").count();
+    assert!(warnings <= 1, "one warning at most\n{t}");
+    if o.status.success() {
+        assert_eq!(warnings, 1, "{t}");
+        assert!(
+            t.contains(&format!(
+                "at step 2 (epoch 1, learning rate 1.000e0): training is diverging. {hint}"
+            )),
+            "{t}"
+        );
+    } else {
+        assert!(
+            t.contains("the loss became NaN at step")
+                && t.contains("learning rate 1.000e0")
+                && t.contains(hint),
+            "{t}"
+        );
+    }
+    if engine == "ort" {
+        assert!(o.status.success() && warnings == 1, "{t}");
+    }
+    // Whether the run stopped or finished, its checkpoint is whole.
+    assert!(out.join("state.onnx").is_file() && out.join("model.onnx").is_file());
+    assert!(initializer(&out.join("model.onnx"), "blocks.0.weight")
+        .iter()
+        .all(|v| v.is_finite()));
+}
+
+#[test]
+fn each_optimizer_takes_its_own_defaults_and_refuses_the_other_ones_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path());
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+            .arg("train")
+            .arg(&model)
+            .args(["--data", DATA, "--bp", "--epochs", "1", "--batch", "512"])
+            .args(["--engine", "tract", "--out"])
+            .arg(dir.path().join("run"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (extra, flag) in [
+        (
+            &["--optimizer", "adamw", "--momentum", "0.8"][..],
+            "--momentum",
+        ),
+        (&["--optimizer", "adamw", "--nesterov"][..], "--nesterov"),
+        (&["--betas", "0.9,0.99"][..], "--betas"),
+        (&["--optimizer", "sgd", "--eps", "1e-6"][..], "--eps"),
+    ] {
+        let o = run(extra);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {t}");
+        assert!(
+            t.contains(&format!("{flag} applies to --optimizer")) && t.contains("leave"),
+            "{extra:?}: {t}"
+        );
+        assert!(!t.contains("panicked"), "{t}");
+    }
+    let o = run(&["--optimizer", "adamw", "--betas", "0.9"]);
+    assert!(
+        !o.status.success() && text(&o).contains("B1,B2"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["--optimizer", "adamw", "--betas", "0.9,1.5"]);
+    assert!(
+        !o.status.success() && text(&o).contains("beta2 must be in [0, 1) (got 1.5)"),
+        "{}",
+        text(&o)
+    );
+    // The defaults: AdamW's are torch.optim.AdamW's, with its own learning rate.
+    let o = run(&["--optimizer", "adamw"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains(
+            "optimizer AdamW (β 0.9/0.999, ε 1e-8, weight decay 0.01), base learning rate 0.001 (cosine \
+             schedule), BatchNorm running variance unbiased"
+        ),
+        "{t}"
+    );
+    std::fs::remove_dir_all(dir.path().join("run")).unwrap();
+    let o = run(&[
+        "--betas",
+        "0.8,0.99",
+        "--eps",
+        "1e-6",
+        "--optimizer",
+        "adamw",
+    ]);
+    assert!(
+        text(&o)
+            .contains("AdamW (β 0.8/0.99, ε 1e-6, weight decay 0.01), base learning rate 0.001"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(dir.path().join("run")).unwrap();
+    let o = run(&[]);
+    assert!(
+        text(&o).contains(
+            "optimizer SGD (momentum 0.9, weight decay 0.0005), base learning rate 0.1 (cosine schedule)"
+        ),
+        "{}",
+        text(&o)
+    );
+    // --help shows them.
+    let help = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
+    let h = text(&help);
+    for want in [
+        "[default: 0.1 for sgd, 1e-3 for adamw]",
+        "[default: 5e-4 for sgd, 0.01 for adamw",
+        "lr 0.1, momentum 0.9, weight decay 5e-4",
+        "lr 1e-3, betas 0.9,0.999, eps 1e-8, decoupled weight decay 0.01",
+        "--bn-running-var",
+    ] {
+        assert!(h.contains(want), "--help lacks '{want}':\n{h}");
+    }
 }
 
 #[test]

@@ -309,6 +309,7 @@ mod tests {
             label_smoothing: 0.1,
             optimizer: Optimizer::adamw(),
             detach_neighbours: true,
+            bn_running_var: Default::default(),
             params: vec![
                 tensor("w", Some(true)),
                 tensor("layer1.1.rl_a", Some(false)),

@@ -1,6 +1,7 @@
 //! Training-step and eval models: composition, onnx.checker (through `RL_PYTHON`), tract runs, one SGD step
 //! against central finite differences (float64), AdamW against its formula, Replacement Learning's a/b and
-//! `detach_neighbours`, and the weight-decay exclusions.
+//! `detach_neighbours`, the weight-decay exclusions, and BatchNormalization's running statistics (unbiased
+//! variance as PyTorch, or biased as the ONNX operator).
 
 use std::collections::HashMap;
 
@@ -18,7 +19,9 @@ use rl_passes::pipeline::{rewrite, RewriteOptions};
 use rl_passes::testing::{
     float_tensor, node, sym, tensor_value, ModelBuilder, NodeExt, XorShift, SCALAR,
 };
-use rl_passes::training::{compile_train, Optimizer, TrainOptions, TrainingModels};
+use rl_passes::training::{
+    compile_train, Optimizer, RunningVariance, TrainOptions, TrainingModels,
+};
 use tract_onnx::prelude::*;
 
 /// A node named `OP/OUTPUT`.
@@ -609,4 +612,116 @@ fn stopping_a_gradient_at_one_input_slot() {
         let out = r.run(&HashMap::from([("x".to_owned(), vec![1.0, -2.0, 0.5])]));
         assert_eq!(out[&grads["x"]], [factor, -2.0 * factor, 0.5 * factor]);
     }
+}
+
+/// x [N,2,3,2] → BatchNormalization(momentum 0.75) → GlobalAveragePool → Flatten → Gemm(W [2,3]) → logits [N,3].
+fn bn_classifier(batch: i64) -> ModelProto {
+    let mut rng = XorShift(21);
+    ModelBuilder::new("test")
+        .node(
+            named("BatchNormalization", &["x", "s", "b", "mean", "var"], "y")
+                .float("momentum", 0.75),
+        )
+        .node(named("GlobalAveragePool", &["y"], "p"))
+        .node(named("Flatten", &["p"], "f").int("axis", 1))
+        .node(named("Gemm", &["f", "W"], "logits"))
+        .initializer(float_tensor("s", DataType::Double, &[2], &[1.2, 0.7]))
+        .initializer(float_tensor("b", DataType::Double, &[2], &[0.1, -0.2]))
+        .initializer(float_tensor("mean", DataType::Double, &[2], &[0.3, -0.4]))
+        .initializer(float_tensor("var", DataType::Double, &[2], &[1.5, 0.6]))
+        .initializer(float_tensor(
+            "W",
+            DataType::Double,
+            &[2, 3],
+            &rng.vec(6, -1.0, 1.0),
+        ))
+        .input("x", DataType::Double, [batch, 2, 3, 2])
+        .output("logits", DataType::Double, [batch, 3])
+        .build()
+}
+
+#[test]
+fn one_step_updates_the_running_variance_unbiased_as_pytorch_or_biased_as_onnx() {
+    // torch: running_var ← (1 − m)·running_var + m·var·n/(n − 1), m = 1 − ONNX momentum, n = N·H·W.
+    let n = 3 * 3 * 2;
+    let momentum = 0.75f32 as f64;
+    for (choice, divisor) in [
+        (RunningVariance::Unbiased, (n - 1) as f64),
+        (RunningVariance::Biased, n as f64),
+    ] {
+        let opts = TrainOptions {
+            batch_size: 3,
+            bn_running_var: choice,
+            ..Default::default()
+        };
+        assert_eq!(
+            opts.bn_running_var == RunningVariance::Unbiased,
+            TrainOptions::default().bn_running_var == choice,
+            "unbiased is the default"
+        );
+        let m = compile_train(&bn_classifier(3), &opts).unwrap();
+        assert_eq!(m.manifest.bn_running_var, choice);
+        let f = feeds(&m, &[3, 2, 3, 2], 0.1, 17);
+        let out = Runner::new(&m.step).run(&f);
+        let x = &f["x"];
+        for c in 0..2 {
+            let vals: Vec<f64> = (0..3)
+                .flat_map(|b| (0..6).map(move |k| x[b * 12 + c * 6 + k]))
+                .collect();
+            assert_eq!(vals.len(), n);
+            let mu = vals.iter().sum::<f64>() / n as f64;
+            let ss: f64 = vals.iter().map(|v| (v - mu) * (v - mu)).sum();
+            let want_mean = momentum * f["mean"][c] + (1.0 - momentum) * mu;
+            let want_var = momentum * f["var"][c] + (1.0 - momentum) * ss / divisor;
+            let (got_mean, got_var) = (out["mean.next"][c], out["var.next"][c]);
+            assert!(close(got_mean, want_mean, 1e-12), "{choice}: mean[{c}]");
+            assert!(
+                close(got_var, want_var, 1e-12),
+                "{choice}: var[{c}] {got_var} vs {want_var}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_single_value_per_channel_is_refused_for_the_unbiased_running_variance() {
+    // N = 1 and H = W = 1: n − 1 = 0 (torch raises "Expected more than 1 value per channel when training").
+    let model = ModelBuilder::new("test")
+        .node(named(
+            "BatchNormalization",
+            &["x", "s", "b", "mean", "var"],
+            "y",
+        ))
+        .node(named("Flatten", &["y"], "f").int("axis", 1))
+        .node(named("Gemm", &["f", "W"], "logits"))
+        .initializer(float_tensor("s", DataType::Float, &[2], &[1.0, 1.0]))
+        .initializer(float_tensor("b", DataType::Float, &[2], &[0.0, 0.0]))
+        .initializer(float_tensor("mean", DataType::Float, &[2], &[0.0, 0.0]))
+        .initializer(float_tensor("var", DataType::Float, &[2], &[1.0, 1.0]))
+        .initializer(float_tensor("W", DataType::Float, &[2, 3], &[0.5; 6]))
+        .input(
+            "x",
+            DataType::Float,
+            [sym("N"), 2.into(), 1.into(), 1.into()],
+        )
+        .output("logits", DataType::Float, [sym("N"), 3.into()])
+        .build();
+    let opts = |batch, bn_running_var| TrainOptions {
+        batch_size: batch,
+        bn_running_var,
+        ..Default::default()
+    };
+    let err = compile_train(&model, &opts(1, RunningVariance::Unbiased))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("BatchNormalization/y")
+            && err.contains("n − 1 = 0")
+            && err.contains("batch size"),
+        "{err}"
+    );
+    // Two values per channel, or the ONNX definition, compile.
+    compile_train(&model, &opts(2, RunningVariance::Unbiased)).unwrap();
+    compile_train(&model, &opts(1, RunningVariance::Biased)).unwrap();
 }

@@ -454,7 +454,7 @@ fn batchnorm_running_statistics_are_state_updated_with_momentum() {
         .iter()
         .all(|p| p.weight_decay == Some(true)));
 
-    // The running statistics: momentum · old + (1 − momentum) · batch (biased variance).
+    // The running statistics: momentum · old + (1 − momentum) · batch (unbiased variance, as PyTorch).
     let f = feeds(&m, &[4, 3, 2, 2], 0.1, 3);
     let out = Runner::new(&m.step).run(&f);
     let x = &f["x"];
@@ -463,7 +463,7 @@ fn batchnorm_running_statistics_are_state_updated_with_momentum() {
             .flat_map(|n| (0..4).map(move |k| x[n * 12 + c * 4 + k]))
             .collect();
         let mu = vals.iter().sum::<f64>() / 16.0;
-        let var = vals.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / 16.0;
+        let var = vals.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / 15.0;
         // The attribute is a float32.
         let k = 0.8f32 as f64;
         let want_m = k * f["mean"][c] + (1.0 - k) * mu;

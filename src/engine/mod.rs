@@ -18,6 +18,7 @@ pub mod ort_relu_grad;
 pub mod ort_weight_grad;
 pub mod tract;
 mod tract_dropout;
+mod tract_log_softmax;
 
 pub use host::{ElementType, HostTensor, TensorData};
 

@@ -67,7 +67,8 @@ pub struct TractModel {
 
 impl TractModel {
     /// Prepares `model` for the given inputs. Every input tract sees (graph inputs without a stored default)
-    /// needs a fact. Random ops (training-mode Dropout) draw afresh on every run.
+    /// needs a fact. Random ops (training-mode Dropout) draw afresh on every run. LogSoftmax runs in its shifted
+    /// form (tract_log_softmax).
     pub fn prepare(model: &ModelProto, facts: &[InputFact]) -> Result<TractModel, EngineError> {
         Self::prepare_with_seed(model, facts, None)
     }
@@ -83,6 +84,7 @@ impl TractModel {
         let mut model = model.clone();
         number_node_names(&mut model);
         super::tract_dropout::lower_training_dropout(&mut model, seed);
+        super::tract_log_softmax::lower_log_softmax(&mut model);
         // Symbolic dims in intermediate shape annotations (dynamo exports) clash with the concrete input facts
         // tract is given; it infers every shape itself, so they are dropped.
         if let Some(g) = &mut model.graph {

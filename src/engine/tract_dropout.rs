@@ -53,7 +53,8 @@ fn ratio(g: &GraphProto, node: &NodeProto) -> Option<f32> {
     }
 }
 
-fn op(op_type: &str, name: String, inputs: &[&str], output: &str) -> NodeProto {
+/// A node of the default domain with one output.
+pub(super) fn op(op_type: &str, name: String, inputs: &[&str], output: &str) -> NodeProto {
     NodeProto {
         op_type: Some(op_type.into()),
         name: Some(name),
@@ -63,7 +64,7 @@ fn op(op_type: &str, name: String, inputs: &[&str], output: &str) -> NodeProto {
     }
 }
 
-fn int_attribute(name: &str, value: i64) -> AttributeProto {
+pub(super) fn int_attribute(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         i: Some(value),

@@ -8,6 +8,7 @@
 //! exactly what the uninterrupted run computes.
 
 pub mod checkpoint;
+pub mod divergence;
 pub mod metrics;
 pub mod plot;
 pub mod runner;
@@ -32,6 +33,7 @@ use serde_json::json;
 use crate::data::{self, check_model_shape, DataSpec, Dataset, Split};
 use crate::engine::{Device, EngineChoice, HostTensor};
 use checkpoint::Progress;
+use divergence::{lr_hint, LossWatch};
 use metrics::EpochMetrics;
 use runner::{Models, Runner};
 pub use schedule::Schedule;
@@ -219,6 +221,7 @@ fn settings_of(req: &TrainRequest, manifest: &TrainManifest) -> serde_json::Valu
         "label_smoothing": req.compile.label_smoothing,
         "decay_all": req.compile.decay_all,
         "detach_neighbours": req.compile.detach_neighbours,
+        "bn_running_var": manifest.bn_running_var,
         "lr": req.lr,
         "schedule": req.schedule,
         "warmup": req.warmup,
@@ -322,12 +325,14 @@ impl Trainer<'_> {
         self.req.compile.batch_size
     }
 
-    /// The steps of the current epoch, from `progress.step_in_epoch` on.
+    /// The steps of the current epoch, from `progress.step_in_epoch` on. A non-finite loss ends the run with an
+    /// error; a loss growing far past its start (`watch`) prints one warning.
     fn run_steps(
         &self,
         runner: &mut dyn Runner,
         train: &mut dyn Dataset,
         progress: &mut Progress,
+        watch: &mut LossWatch,
     ) -> Result<EpochEnd> {
         let (req, batch) = (self.req, self.batch());
         let epoch = progress.epoch;
@@ -376,14 +381,27 @@ impl Trainer<'_> {
                 bar.abandon();
                 bail!(
                     "the loss became {loss} at step {} (epoch {}, step {} of it, learning rate {lr:.3e}); training \
-                     stopped. The last good checkpoint ({} epoch(s) done) is kept in {}; try a lower --lr or a \
-                     --warmup",
+                     stopped. The last good checkpoint ({} epoch(s) done) is kept in {}. Hint: {}",
                     progress.global_step + 1,
                     epoch + 1,
                     s + 1,
                     progress.epoch,
-                    req.out.display()
+                    req.out.display(),
+                    lr_hint(&req.compile.optimizer, req.lr)
                 );
+            }
+            if let Some(g) = watch.observe(loss as f64) {
+                bar.suspend(|| {
+                    eprintln!(
+                        "warning: the training loss grew from {} (its start, the first steps' mean) to {} \
+                         (smoothed) at step {} (epoch {}, learning rate {lr:.3e}): training is diverging. Hint: {}",
+                        divergence::show_loss(g.start),
+                        divergence::show_loss(g.now),
+                        progress.global_step + 1,
+                        epoch + 1,
+                        lr_hint(&req.compile.optimizer, req.lr)
+                    )
+                });
             }
             progress.global_step += 1;
             progress.step_in_epoch = s + 1;
@@ -542,7 +560,7 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
     let sizes = StateSizes::of(manifest);
     println!(
         "training {} on {} ({} train / {} test images): {} learnable values in {} tensors, {} optimizer-state \
-         values, {} running statistics, {}, batch {batch}, {steps_per_epoch} steps per epoch, engine {}",
+         values, {} running statistics, batch {batch}, {steps_per_epoch} steps per epoch, engine {}",
         req.model.display(),
         req.data,
         train.len(),
@@ -551,13 +569,25 @@ pub fn train_command(req: &TrainRequest) -> Result<TrainOutcome> {
         manifest.params.len(),
         sizes.optimizer_state,
         sizes.running_statistics,
-        manifest.optimizer,
         runner.describe()
     );
+    println!(
+        "optimizer {}, base learning rate {} ({} schedule{}), BatchNorm running variance {}",
+        manifest.optimizer,
+        req.lr,
+        json!(req.schedule).as_str().unwrap_or("?"),
+        if req.warmup > 0 {
+            format!(", {} warm-up steps", req.warmup)
+        } else {
+            String::new()
+        },
+        manifest.bn_running_var
+    );
     let mut epochs_this_run = 0;
+    let mut watch = LossWatch::default();
     while progress.epoch < req.epochs {
         let (seconds, images, lr) =
-            match trainer.run_steps(runner.as_mut(), train.as_mut(), &mut progress)? {
+            match trainer.run_steps(runner.as_mut(), train.as_mut(), &mut progress, &mut watch)? {
                 EpochEnd::Interrupted => return Ok(TrainOutcome::Interrupted),
                 EpochEnd::Done {
                     seconds,

@@ -1,7 +1,10 @@
 //! BatchNormalization in the step model: each node computes its training-mode definition (batch statistics
-//! over N and the spatial axes, biased variance, as in the ONNX reference), and its running statistics become
-//! state updated with the node's momentum (default 0.9), following the ONNX definition
-//! `running = running · momentum + batch · (1 − momentum)`.
+//! over N and the spatial axes; the output is normalized with the biased batch variance, as in both ONNX and
+//! PyTorch), and its running statistics become state updated with the node's momentum (default 0.9), following
+//! the ONNX definition `running = running · momentum + batch · (1 − momentum)` (PyTorch's momentum is
+//! 1 − ONNX's). The batch variance that enters the running variance is the **unbiased** one by default, as
+//! PyTorch computes it: `var_batch · n/(n − 1)` with n = N·∏spatial; [`RunningVariance::Biased`] follows the ONNX
+//! operator's definition instead (the biased variance, the one that normalizes the batch).
 //!
 //! Two stages around differentiation. Before it, [`BatchNormTrainingMode`] sets `training_mode = 1`, so that
 //! the autodiff's BatchNormalization rule emits the compact backward (five full-size ops and two reductions per
@@ -19,9 +22,46 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::error::TrainError;
 use crate::analysis::shapes::TensorType;
 use crate::ir::{Graph, Producer};
+
+/// Which batch variance updates a BatchNormalization's running variance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunningVariance {
+    /// `Σ(x − mean)² / (n − 1)`, as `torch.nn.BatchNorm*` (the models' PyTorch users trained with this).
+    #[default]
+    Unbiased,
+    /// `Σ(x − mean)² / n`, as the ONNX operator's definition (and its reference implementation).
+    Biased,
+}
+
+impl RunningVariance {
+    /// The divisor of the sum of squared deviations over `n` values.
+    pub fn divisor(self, n: usize) -> usize {
+        match self {
+            RunningVariance::Unbiased => n.saturating_sub(1),
+            RunningVariance::Biased => n,
+        }
+    }
+
+    /// What manifests written before the choice existed computed.
+    pub fn onnx() -> RunningVariance {
+        RunningVariance::Biased
+    }
+}
+
+impl std::fmt::Display for RunningVariance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunningVariance::Unbiased => "unbiased",
+            RunningVariance::Biased => "biased",
+        })
+    }
+}
 
 /// A running statistic of a BatchNormalization: its initializer name and type.
 pub struct RunningStat {
@@ -43,10 +83,13 @@ pub fn bn_tensors(g: &Graph) -> (Vec<String>, Vec<String>) {
 }
 
 /// Checks that every BatchNormalization of `g` can run in training mode in the step model, and returns the
-/// running statistics in node order (mean, var of each node).
+/// running statistics in node order (mean, var of each node). With [`RunningVariance::Unbiased`], a node
+/// that averages over a single value per channel (n = N·∏spatial = 1, so n − 1 = 0) is refused, as PyTorch
+/// refuses it.
 pub fn running_statistics(
     g: &Graph,
     types: &HashMap<String, TensorType>,
+    running_var: RunningVariance,
 ) -> Result<Vec<RunningStat>, TrainError> {
     let mut stats: Vec<RunningStat> = Vec::new();
     for (_, n) in g
@@ -93,6 +136,26 @@ pub fn running_statistics(
                 xt.shape.len()
             )));
         }
+        let count = values_per_channel(&xt.shape);
+        if running_var == RunningVariance::Unbiased && count < 2 {
+            return Err(TrainError::Unsupported(format!(
+                "node '{label}': BatchNormalization input '{x}' of shape {:?} has {count} value per channel in a \
+                 batch, and the unbiased running variance divides by n − 1 = 0 (PyTorch refuses this too: \
+                 \"Expected more than 1 value per channel when training\"); train with a batch size of at least 2",
+                xt.shape
+            )));
+        }
     }
     Ok(stats)
+}
+
+/// n = N·∏spatial: the values of one channel that a BatchNormalization of input shape `shape` ([N, C, ...])
+/// averages over.
+pub fn values_per_channel(shape: &[usize]) -> usize {
+    shape
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| k != 1)
+        .map(|(_, &d)| d)
+        .product()
 }

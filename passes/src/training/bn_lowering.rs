@@ -8,9 +8,13 @@
 //!
 //! The variance is computed as `(Σ d² + n·ε) / n`: tract fuses `Mul(d, d) → ReduceSum → Div(n)` into a
 //! mean-of-squares reducer that computes in float32 even for float64 tensors.
+//!
+//! The running variance takes `Σ d² / (n − 1)` (unbiased, PyTorch's, the default) or `Σ d² / n` (biased, the
+//! ONNX operator's), as [`RunningVariance`] says: the same number of ops either way, only the divisor differs.
 
 use std::collections::HashMap;
 
+use super::batchnorm::{values_per_channel, RunningVariance};
 use super::builder::{Builder, A};
 use super::optimizer::next_name;
 use crate::analysis::shapes::{attr_float, TensorType};
@@ -23,6 +27,8 @@ pub struct LowerBatchNormTraining<'a> {
     pub builder: &'a mut Builder,
     /// Types of the forward values.
     pub types: &'a HashMap<String, TensorType>,
+    /// Which batch variance updates the running variance.
+    pub running_var: RunningVariance,
 }
 
 impl Pass for LowerBatchNormTraining<'_> {
@@ -50,7 +56,7 @@ impl Pass for LowerBatchNormTraining<'_> {
             let momentum = attr_float(&n, "momentum").unwrap_or(0.9) as f64;
             let c = shape[1];
             let axes: Vec<i64> = std::iter::once(0).chain(2..shape.len() as i64).collect();
-            let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
+            let count = values_per_channel(&shape);
             let mut cs = vec![c as i64];
             cs.extend(vec![1; shape.len() - 2]);
 
@@ -82,7 +88,14 @@ impl Pass for LowerBatchNormTraining<'_> {
             b.op_to("Add", &[&scaled, &bias], vec![], Some(&n.output[0]));
 
             // Running statistics (not on the loss's path: no gradient flows through them).
-            let var = b.op("Div", &[&ss, &nn], vec![]);
+            // n ≥ 2 for the unbiased variance (checked by `running_statistics`).
+            let divisor = self.running_var.divisor(count);
+            let var = if divisor == count {
+                b.op("Div", &[&ss, &nn], vec![])
+            } else {
+                let nv = b.scalar(dtype, divisor as f64);
+                b.op("Div", &[&ss, &nv], vec![])
+            };
             let keep = b.scalar(dtype, momentum);
             let take = b.scalar(dtype, 1.0 - momentum);
             let flat = b.const_i64(&[1], &[c as i64]);

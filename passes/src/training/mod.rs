@@ -28,7 +28,10 @@
 //! BatchNormalization runs in training mode (batch statistics, written in elementary standard ops so that every engine runs it):
 //! its running mean and variance are **state** inputs under their initializer names (not trainable, no weight
 //! decay), after the optimizer state, and `x.next` is the running statistic updated with the node's momentum
-//! (default 0.9): `x · momentum + batch · (1 − momentum)`, batch variance biased as in the ONNX definition.
+//! (default 0.9): `x · momentum + batch · (1 − momentum)`. The batch variance of the running variance is the
+//! unbiased one, `Σ(x − mean)²/(n − 1)` with n = N·∏spatial, as PyTorch updates it, unless
+//! [`TrainOptions::bn_running_var`] asks for the ONNX operator's biased `Σ(x − mean)²/n`; the batch itself is
+//! normalized with the biased variance either way, as in both frameworks.
 //! Its scale and bias are trainable (no weight decay unless [`TrainOptions::decay_all`]). Dropout runs in
 //! training mode (a fresh random mask each step, ratio from the node): ONNX Runtime runs the node itself; for tract,
 //! which has no random Dropout kernel, the engine layer lowers it to standard random and mask ops.
@@ -52,6 +55,7 @@ pub mod loss;
 pub mod optimizer;
 mod step;
 
+pub use batchnorm::RunningVariance;
 pub use error::TrainError;
 pub use optimizer::{next_name, Optimizer, StateTensor, ADAMW_STEP};
 pub use step::{compile_train, ManifestTensor, TrainManifest, TrainOptions, TrainingModels};

@@ -18,6 +18,13 @@ use serde::{Deserialize, Serialize};
 use super::builder::Builder;
 use crate::onnx::tensor_proto::DataType;
 
+/// `torch.optim.AdamW`'s default β1, β2.
+pub const ADAMW_BETAS: (f64, f64) = (0.9, 0.999);
+/// `torch.optim.AdamW`'s default ε.
+pub const ADAMW_EPS: f64 = 1e-8;
+/// `torch.optim.AdamW`'s default (decoupled) weight decay.
+pub const ADAMW_WEIGHT_DECAY: f64 = 0.01;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Optimizer {
@@ -47,10 +54,10 @@ impl Optimizer {
     /// AdamW with PyTorch's defaults (β 0.9/0.999, ε 1e-8, weight decay 0.01).
     pub fn adamw() -> Optimizer {
         Optimizer::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
+            beta1: ADAMW_BETAS.0,
+            beta2: ADAMW_BETAS.1,
+            eps: ADAMW_EPS,
+            weight_decay: ADAMW_WEIGHT_DECAY,
         }
     }
 

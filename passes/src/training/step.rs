@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::batchnorm::{bn_tensors, running_statistics, RunningStat};
+use super::batchnorm::{bn_tensors, running_statistics, RunningStat, RunningVariance};
 use super::bn_lowering::LowerBatchNormTraining;
 use super::bn_training_mode::BatchNormTrainingMode;
 use super::builder::{value_info, zeros, Builder};
@@ -43,6 +43,9 @@ pub struct TrainOptions {
     pub detach_neighbours: bool,
     /// Apply weight decay to every parameter, `a`/`b`, biases and norm parameters included.
     pub decay_all: bool,
+    /// Which batch variance updates BatchNormalization running variances: unbiased as PyTorch (the default)
+    /// or biased as the ONNX operator's definition.
+    pub bn_running_var: RunningVariance,
 }
 
 impl Default for TrainOptions {
@@ -53,6 +56,7 @@ impl Default for TrainOptions {
             label_smoothing: 0.0,
             detach_neighbours: false,
             decay_all: false,
+            bn_running_var: RunningVariance::Unbiased,
         }
     }
 }
@@ -81,6 +85,10 @@ pub struct TrainManifest {
     pub label_smoothing: f64,
     pub optimizer: Optimizer,
     pub detach_neighbours: bool,
+    /// Which batch variance updates BatchNormalization running variances (manifests without the field were
+    /// written when the step followed the ONNX operator: biased).
+    #[serde(default = "RunningVariance::onnx")]
+    pub bn_running_var: RunningVariance,
     pub params: Vec<ManifestTensor>,
     /// State: the optimizer's (zeros before the first step), then BatchNormalization running statistics
     /// (their initializer values before the first step).
@@ -450,6 +458,7 @@ fn manifest_of(
         label_smoothing: opts.label_smoothing,
         optimizer: opts.optimizer,
         detach_neighbours: opts.detach_neighbours,
+        bn_running_var: opts.bn_running_var,
         params: params
             .iter()
             .map(|(p, ty, decay)| manifest_tensor(p, ty.dtype, &ty.shape, Some(*decay)))
@@ -500,7 +509,7 @@ pub fn compile_train(
             flag: DROPOUT_TRAINING,
         },
     )?;
-    let running = running_statistics(&g, &types)?;
+    let running = running_statistics(&g, &types, opts.bn_running_var)?;
     driver.run(&mut g, &mut BatchNormTrainingMode)?;
     let mut b = Builder::default();
 
@@ -550,6 +559,7 @@ pub fn compile_train(
         &mut LowerBatchNormTraining {
             builder: &mut b,
             types: &types,
+            running_var: opts.bn_running_var,
         },
     )?;
 

@@ -57,6 +57,8 @@ pub struct Case {
     pub inits: Vec<TensorProto>,
     pub nodes: Vec<NodeProto>,
     pub output: &'static str,
+    /// The default-domain opset, when not the builder's default.
+    pub opset: Option<i64>,
 }
 
 impl Case {
@@ -68,7 +70,13 @@ impl Case {
             inits: vec![],
             nodes: vec![],
             output,
+            opset: None,
         }
+    }
+    /// Imports the default domain at `version` (Gelu needs 20).
+    pub fn opset(mut self, version: i64) -> Case {
+        self.opset = Some(version);
+        self
     }
     pub fn input(mut self, name: &'static str, shape: &[usize]) -> Case {
         self.inputs.push((name, shape.to_vec(), -1.0, 1.0));
@@ -93,6 +101,9 @@ impl Case {
         let mut m = ModelBuilder::new(&self.name)
             .nodes(self.nodes.clone())
             .initializers(self.inits.clone());
+        if let Some(v) = self.opset {
+            m = m.opset("", v);
+        }
         for (n, s, _, _) in &self.inputs {
             m = m.input(n, DataType::Double, s);
         }
@@ -143,17 +154,22 @@ fn run(
 
 /// The loss `ReduceSum(Mul(y, R))` of the case's output, differentiated with respect to every float64 input;
 /// returns the model (outputs: loss, then the gradients) and the inputs' names.
+/// `weights(n)` gives the n values of R.
 fn backward_model(
     case: &Case,
-    rng: &mut XorShift,
+    weights: impl FnOnce(usize) -> Vec<f64>,
 ) -> (ModelProto, Vec<String>, HashMap<String, Vec<usize>>) {
     let mut g = case.forward();
     let shape_in = case.shapes();
     let types = infer_shapes(&g, &shape_in).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let yshape = types[case.output].shape.clone();
-    let r: Vec<f64> = (0..yshape.iter().product::<usize>())
-        .map(|_| rng.uniform(-1.0, 1.0))
-        .collect();
+    let r = weights(yshape.iter().product::<usize>());
+    assert_eq!(
+        r.len(),
+        yshape.iter().product::<usize>(),
+        "{}: weights",
+        case.name
+    );
     g.add_initializer(f64_init("R", &yshape, &r));
     g.add_nodes([
         fwd("Mul", &[case.output, "R"], &["weighted"], vec![]),
@@ -202,13 +218,125 @@ fn runnable(case: &Case, bytes: &[u8]) -> std::sync::Arc<TypedRunnableModel> {
         .unwrap()
 }
 
+/// The model as tract runs it: the forward nodes tract cannot run in float64 replaced by exact
+/// equivalents, and so are the backward graph's Erf and Tanh nodes (tract has no float64 kernel for them).
+fn for_tract(model: &ModelProto, shapes: &HashMap<String, Vec<usize>>) -> Vec<u8> {
+    let mut m = model.clone();
+    activations_as_definitions(&mut m);
+    tract_f64_equivalents(&mut m, shapes, |n| {
+        n.name().starts_with("fwd/") || matches!(n.op_type(), "Erf" | "Tanh")
+    });
+    m.encode_to_vec()
+}
+
+/// Replaces each forward node of the ops tract has no float64 kernel for and `tract_f64_equivalents` does
+/// not cover by its definition in standard ops: Gelu (`x·(1 + erf(x/√2))/2`, or with `approximate = "tanh"`
+/// `x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2`), HardSwish (`x·min(max(x/6 + 1/2, 0), 1)`) and LeakyRelu
+/// (`x > 0 ? x : alpha·x`).
+fn activations_as_definitions(model: &mut ModelProto) {
+    let graph = model.graph.as_mut().expect("a model with a graph");
+    for n in std::mem::take(&mut graph.node) {
+        let op = n.op_type().to_owned();
+        if !matches!(op.as_str(), "Gelu" | "HardSwish" | "LeakyRelu")
+            || !n.name().starts_with("fwd/")
+        {
+            graph.node.push(n);
+            continue;
+        }
+        let (x, y) = (n.input[0].as_str(), n.output[0].as_str());
+        let p = |s: &str| format!("fwd/def/{y}/{s}");
+        let mut scalar = |local: &str, v: f64| {
+            graph.initializer.push(f64_init(&p(local), &[], &[v]));
+            p(local)
+        };
+        let (zero, half, one) = (scalar("zero", 0.0), scalar("half", 0.5), scalar("one", 1.0));
+        let mut nodes = vec![];
+        let mut push = |op: &str, ins: &[&str], out: &str| {
+            nodes.push(node(op, ins, &[out]).named(format!("fwd/def/{out}")))
+        };
+        match op.as_str() {
+            "Gelu" => {
+                if n.attribute.iter().any(|a| a.s.as_deref() == Some(b"tanh")) {
+                    let (kappa, beta) = (
+                        scalar("kappa", 0.044715),
+                        scalar("beta", std::f64::consts::FRAC_2_PI.sqrt()),
+                    );
+                    push("Mul", &[x, x], &p("sq"));
+                    push("Mul", &[&p("sq"), &kappa], &p("ksq"));
+                    push("Add", &[&p("ksq"), &one], &p("poly"));
+                    push("Mul", &[x, &p("poly")], &p("cubic"));
+                    push("Mul", &[&p("cubic"), &beta], &p("u"));
+                    push("Tanh", &[&p("u")], &p("s"));
+                } else {
+                    let r = scalar("r", std::f64::consts::FRAC_1_SQRT_2);
+                    push("Mul", &[x, &r], &p("u"));
+                    push("Erf", &[&p("u")], &p("s"));
+                }
+                push("Add", &[&p("s"), &one], &p("s1"));
+                push("Mul", &[&p("s1"), &half], &p("cdf"));
+                push("Mul", &[x, &p("cdf")], y);
+            }
+            "HardSwish" => {
+                let sixth = scalar("sixth", 1.0 / 6.0);
+                push("Mul", &[x, &sixth], &p("z0"));
+                push("Add", &[&p("z0"), &half], &p("z"));
+                push("Max", &[&p("z"), &zero], &p("lo"));
+                push("Min", &[&p("lo"), &one], &p("hs"));
+                push("Mul", &[x, &p("hs")], y);
+            }
+            _ => {
+                let a = n.attribute.iter().find_map(|a| a.f).unwrap_or(0.01);
+                let alpha = scalar("alpha", a as f64);
+                push("Greater", &[x, &zero], &p("pos"));
+                push("Mul", &[x, &alpha], &p("neg"));
+                push("Where", &[&p("pos"), x, &p("neg")], y);
+            }
+        }
+        graph.node.extend(nodes);
+    }
+}
+
+/// The gradients of `ReduceSum(Mul(y, weights))` with respect to the case's float64 inputs at the given
+/// input values (one vector per input, in order), as tract computes them from the differentiated graph.
+pub fn gradients_at(case: &Case, values: &[Vec<f64>], weights: &[f64]) -> Vec<Vec<f64>> {
+    let (model, wrt, shapes) = backward_model(case, |_| weights.to_vec());
+    let bytes = for_tract(&model, &shapes);
+    let plan = runnable(case, &bytes);
+    assert_eq!(
+        values.len(),
+        case.inputs.len(),
+        "{}: one value per input",
+        case.name
+    );
+    let feeds: Vec<(Vec<usize>, Vec<f64>)> = case
+        .inputs
+        .iter()
+        .zip(values)
+        .map(|((_, s, _, _), v)| (s.clone(), v.clone()))
+        .collect();
+    let ints: Vec<(Vec<usize>, Vec<i64>)> = case
+        .int_inputs
+        .iter()
+        .map(|(_, s, v)| (s.clone(), v.clone()))
+        .collect();
+    let outs = run(&plan, &feeds, &ints);
+    dump_for_ort(
+        &case.name,
+        &bytes,
+        &model.encode_to_vec(),
+        &feeds,
+        &ints,
+        &outs,
+    );
+    outs[1..=wrt.len()].to_vec()
+}
+
 pub fn check(case: Case, seed: u64) {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let (model, wrt, shapes) = backward_model(&case, &mut rng);
+    let (model, wrt, shapes) =
+        backward_model(&case, |n| (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect());
     let native = model.encode_to_vec();
-    let mut for_tract = model;
-    tract_f64_equivalents(&mut for_tract, &shapes, |n| n.name().starts_with("fwd/"));
-    let bytes = for_tract.encode_to_vec();
+    let bytes = for_tract(&model, &shapes);
     let plan = runnable(&case, &bytes);
     let mut feeds: Vec<(Vec<usize>, Vec<f64>)> = case
         .inputs

@@ -1,6 +1,8 @@
-//! Element-wise ops: broadcasting arithmetic, Pow, unary functions, Relu, Cast, the GELU pattern, Clip.
+//! Element-wise ops: broadcasting arithmetic, Pow, Max and Min, unary functions, Relu, Cast, the GELU pattern
+//! and the Gelu op, Clip, the piecewise activations (Abs, LeakyRelu, HardSigmoid, HardSwish).
 
 use crate::check::{check, f64_init, fwd, Case};
+use rl_passes::onnx::AttributeProto;
 use rl_passes::testing::attr;
 
 fn binary(op: &'static str, sa: &[usize], sb: &[usize], positive_b: bool) -> Case {
@@ -155,4 +157,72 @@ fn clip_bounds_as_inputs_and_absent() {
     c.inits.push(f64_init("hi", &[], &[0.0]));
     let c = c.node(fwd("Clip", &["x", "", "hi"], &["y"], vec![]));
     check(c, 433);
+}
+
+#[test]
+fn max_min_broadcasting_and_variadic() {
+    // Random inputs never tie; the gradient at ties is checked in conventions.rs.
+    for op in ["Max", "Min"] {
+        for (i, (sa, sb)) in BROADCASTS.iter().enumerate() {
+            check(binary(op, sa, sb, false), 440 + i as u64);
+        }
+        let c = Case::new(format!("{op} of three"), "y")
+            .input("a", &[2, 3])
+            .input("b", &[3])
+            .input("c", &[2, 1])
+            .node(fwd(op, &["a", "b", "c"], &["y"], vec![]));
+        check(c, 450);
+        let c = Case::new(format!("{op} of one"), "y")
+            .input("a", &[2, 3])
+            .node(fwd(op, &["a"], &["y"], vec![]));
+        check(c, 451);
+    }
+}
+
+#[test]
+fn piecewise_activations_away_from_their_knots() {
+    // x in ±[0.05, 4]: on both sides of 0 (Abs, LeakyRelu) and of ±3 (HardSwish, HardSigmoid with alpha 1/6)
+    // and of ±2.5 (HardSigmoid's defaults); a value within eps of a knot is improbable with these seeds
+    // (the check would show it). The gradients at the knots are checked in conventions.rs.
+    let cases: Vec<(&str, &str, Vec<AttributeProto>)> = vec![
+        ("Abs", "", vec![]),
+        ("LeakyRelu", "", vec![]),
+        ("LeakyRelu", " alpha 0.25", vec![attr::float("alpha", 0.25)]),
+        ("HardSigmoid", "", vec![]),
+        (
+            "HardSigmoid",
+            " alpha 1/6",
+            vec![attr::float("alpha", 1.0 / 6.0), attr::float("beta", 0.5)],
+        ),
+        ("HardSwish", "", vec![]),
+    ];
+    for (i, (op, label, attrs)) in cases.into_iter().enumerate() {
+        let c = Case::new(format!("{op}{label}"), "y")
+            .input_in("x", &[4, 5], 0.05, 4.0)
+            .node(fwd("Neg", &["x"], &["nx"], vec![]))
+            .node(fwd(
+                "Concat",
+                &["x", "nx"],
+                &["both"],
+                vec![attr::int("axis", 0)],
+            ))
+            .node(fwd(op, &["both"], &["y"], attrs));
+        check(c, 460 + i as u64);
+    }
+}
+
+#[test]
+fn gelu_op() {
+    for (i, approximate) in ["none", "tanh"].into_iter().enumerate() {
+        let c = Case::new(format!("Gelu {approximate}"), "y")
+            .opset(20)
+            .input_in("x", &[3, 4], -3.0, 3.0)
+            .node(fwd(
+                "Gelu",
+                &["x"],
+                &["y"],
+                vec![attr::string("approximate", approximate)],
+            ));
+        check(c, 470 + i as u64);
+    }
 }

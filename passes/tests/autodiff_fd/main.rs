@@ -7,6 +7,7 @@
 
 mod check;
 mod conv;
+mod conventions;
 mod elementwise;
 mod linear;
 mod norm;

@@ -1,5 +1,5 @@
-//! Arithmetic: Add, Sub, Mul, Div, Pow (numpy broadcasting undone by `reduce_to_shape`), Neg, Sqrt, Exp,
-//! Identity, Cast.
+//! Arithmetic: Add, Sub, Mul, Div, Pow, Max, Min (numpy broadcasting undone by `reduce_to_shape`), Neg,
+//! Sqrt, Exp, Identity, Cast.
 
 use super::only;
 use crate::autodiff::{Attr, GradCtx, RuleArgs};
@@ -125,4 +125,38 @@ pub fn cast(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     }
     let g = ctx.op("Cast", &[a.dy0()?], vec![("to", Attr::Int(from as i64))]);
     Ok(only(1, 0, g))
+}
+
+/// `Y = Max(X₁, …, Xₙ)` or `Min(…)`, broadcasting: dXₖ = dY·[Xₖ = Y] / #{j : Xⱼ = Y}, reduced to Xₖ's
+/// shape. Where inputs tie for the extremum the gradient is split equally among all the tied inputs:
+/// torch.maximum/torch.minimum give half to each of their two arguments when they are equal, and for more
+/// than two inputs each of m tied inputs gets 1/m, as torch.amax/torch.amin over the stacked inputs do
+/// (nested torch.maximum calls would give 1/4, 1/4, 1/2 instead, an artifact of the nesting order).
+pub fn max_min(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
+    let n = a.node.input.len();
+    let dy = a.dy0()?.to_owned();
+    let mut out = vec![None; n];
+    if n == 1 {
+        out[0] = Some(dy);
+        return Ok(out);
+    }
+    let dtype = a.out_type(0)?.dtype;
+    let masks: Vec<String> = (0..n)
+        .map(|k| {
+            let e = ctx.op("Equal", &[a.input(k), a.output(0)], vec![]);
+            ctx.op("Cast", &[&e], vec![("to", Attr::Int(dtype as i64))])
+        })
+        .collect();
+    let mut count = masks[0].clone();
+    for m in &masks[1..] {
+        count = ctx.op("Add", &[&count, m], vec![]);
+    }
+    let share = ctx.op("Div", &[&dy, &count], vec![]);
+    for (k, mask) in masks.iter().enumerate() {
+        if a.needs(k) {
+            let g = ctx.op("Mul", &[&share, mask], vec![]);
+            out[k] = Some(to_input(ctx, a, k, &g)?);
+        }
+    }
+    Ok(out)
 }

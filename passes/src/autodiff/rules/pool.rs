@@ -122,10 +122,16 @@ pub fn average_pool(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
 }
 
 /// `Y = max over the window`: each dY element flows to the input element MaxPool's Indices output names
-/// (flat over N, C, spatial; one element per window, the one the engine reports on ties). Contributions of
-/// overlapping windows are summed by ScatterElements with `reduction = "add"` (opset 16); windows that
-/// cannot overlap scatter without reduction. The forward Indices output is reused when the graph has one,
-/// else a second MaxPool computes it.
+/// (flat over N, C, spatial; one element per window). Contributions of overlapping windows are summed by
+/// ScatterElements with `reduction = "add"` (opset 16); windows that cannot overlap scatter without
+/// reduction. The forward Indices output is reused when the graph has one, else a second MaxPool computes it.
+///
+/// Ties: torch.nn.functional.max_pool*d routes each window's gradient to its *first* maximum in scan order
+/// (row-major over the window, padding never chosen), and summed over overlapping windows. ONNX leaves the
+/// index of a tie unspecified; ONNX Runtime's CPU kernel and tract both keep the first maximum (a later
+/// element must be strictly greater to replace it), so routing through Indices is torch's routing on both
+/// (the conventions tests of tests/autodiff_fd check it on tract; tests/ort_crosscheck.py runs the same graphs
+/// in ONNX Runtime).
 pub fn max_pool(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let win = pool_window(a)?;
     if attr_int(a.node, "storage_order").unwrap_or(0) != 0 {

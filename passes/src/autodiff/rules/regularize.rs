@@ -9,8 +9,15 @@ fn present(a: &RuleArgs, slot: usize) -> bool {
     a.node.input.get(slot).is_some_and(|s| !s.is_empty())
 }
 
-/// `Y = min(max(X, lo), hi)`: dX = dY where lo ≤ X ≤ hi (the bounds included), else 0. A bound given as
-/// an input gets the sum of dY over the elements it clips.
+/// `Y = min(max(X, lo), hi)`: dX = dY where lo < X < hi, else 0 — the bounds themselves excluded. A bound
+/// given as an input gets dY where it is the output: lo where X ≤ lo < hi, hi where X ≥ hi or lo ≥ hi (the
+/// output is then hi everywhere), so that dX + dlo + dhi = dY at every element.
+///
+/// PyTorch has two conventions at the bounds: F.hardtanh/F.relu6 (nn.Hardtanh, nn.ReLU6, both exported as
+/// Clip) give 0 at min and at max, while torch.clamp with tensor bounds splits dY in half between X and the
+/// bound it ties with (it is torch.minimum(torch.maximum(x, lo), hi)). The models that reach a Clip here
+/// come from the activation modules (MobileNetV2's ReLU6, Hardtanh), so Clip follows hardtanh: exclusive
+/// bounds. (torch.clamp with number bounds, in torch 2.15, also gives 0 at the bounds.)
 pub fn clip(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let t = a.in_type(0)?.clone();
     let dy = a.dy0()?.to_owned();
@@ -24,31 +31,35 @@ pub fn clip(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     }
     let bound = |slot: usize| present(a, slot).then(|| a.input(slot).to_owned());
     let (lo, hi) = (bound(1), bound(2));
-    let below = lo
+    let at_or_below = lo
         .as_ref()
-        .map(|lo| ctx.op("Less", &[a.input(0), lo], vec![]));
-    let above = hi
+        .map(|lo| ctx.op("LessOrEqual", &[a.input(0), lo], vec![]));
+    let at_or_above = hi
         .as_ref()
-        .map(|hi| ctx.op("Greater", &[a.input(0), hi], vec![]));
+        .map(|hi| ctx.op("GreaterOrEqual", &[a.input(0), hi], vec![]));
     let mut out = vec![None; a.node.input.len()];
     if a.needs(0) {
         let mut g = dy.clone();
-        for m in below.iter().chain(above.iter()) {
+        for m in at_or_below.iter().chain(at_or_above.iter()) {
             g = ctx.op("Where", &[m, &zero, &g], vec![]);
         }
         out[0] = Some(g);
     }
-    for (slot, mask) in [(1, &below), (2, &above)] {
+    // where lo ≥ hi every element is hi: the lower bound is never the output
+    let ordered = match (&lo, &hi) {
+        (Some(lo), Some(hi)) if a.needs(1) || a.needs(2) => Some(ctx.op("Less", &[lo, hi], vec![])),
+        _ => None,
+    };
+    for (slot, mask) in [(1, &at_or_below), (2, &at_or_above)] {
         if present(a, slot) && a.needs(slot) {
-            let mask = mask.as_ref().expect("bound present");
-            let mut m = mask.clone();
-            if slot == 1 {
-                // where lo > hi every element is hi: the lower bound then clips nothing
-                if let Some(hi) = &hi {
-                    let crossed = ctx.op("Greater", &[lo.as_ref().expect("bound"), hi], vec![]);
-                    let ok = ctx.op("Not", &[&crossed], vec![]);
-                    m = ctx.op("And", &[&m, &ok], vec![]);
-                }
+            let mut m = mask.as_ref().expect("bound present").clone();
+            if let Some(ordered) = &ordered {
+                m = if slot == 1 {
+                    ctx.op("And", &[&m, ordered], vec![])
+                } else {
+                    let crossed = ctx.op("Not", &[ordered], vec![]);
+                    ctx.op("Or", &[&m, &crossed], vec![])
+                };
             }
             let g = ctx.op("Where", &[&m, &dy, &zero], vec![]);
             let all: Vec<usize> = (0..t.shape.len()).collect();
