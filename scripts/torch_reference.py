@@ -34,6 +34,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -124,12 +125,14 @@ def prepare(work: Path, name: str) -> None:
     labels = gen.integers(0, CLASSES, size=(STEPS, batch)).astype(np.int64)
     np.save(d / "images.npy", images)
     np.save(d / "labels.npy", labels)
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, d / "state.pt")
     x = torch.from_numpy(images[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # The exporter traces the model with a forward pass in training mode, which updates the module's
+        # BatchNorm running statistics once, and writes those updated values as the initializers. The copy
+        # keeps the module untouched; the reference then starts from what the file holds (below).
         torch.onnx.export(
-            model,
+            copy.deepcopy(model),
             (x,),
             str(d / "model.onnx"),
             dynamo=False,
@@ -139,6 +142,9 @@ def prepare(work: Path, name: str) -> None:
             training=torch.onnx.TrainingMode.TRAINING,
             do_constant_folding=False,
         )
+    # The torch reference starts from exactly the values the tool trains: every parameter and buffer read
+    # back from the exported initializers by name, with their shapes checked.
+    torch.save(state_from_onnx(model, d / "model.onnx"), d / "state.pt")
     meta = {
         "model": name,
         "image_size": size,
@@ -149,6 +155,29 @@ def prepare(work: Path, name: str) -> None:
         "torch": torch.__version__.split("+")[0],
     }
     (d / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def state_from_onnx(model: nn.Module, path: Path) -> dict:
+    """The model's state dict with every parameter and buffer taken from the ONNX file's initializers of the
+    same name (shape and dtype checked); only BatchNorm's num_batches_tracked, which the export drops and
+    nothing reads under a fixed momentum, keeps the module's value."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
+    state = {}
+    for k, v in model.state_dict().items():
+        if k not in inits:
+            if k.endswith("num_batches_tracked"):
+                state[k] = v.detach().clone()
+                continue
+            raise SystemExit(f"{path}: no initializer named {k!r}")
+        a = numpy_helper.to_array(inits[k])
+        if tuple(a.shape) != tuple(v.shape) or a.dtype != v.detach().numpy().dtype:
+            raise SystemExit(f"{path}: initializer {k!r} is {a.dtype}{list(a.shape)}, the module's "
+                             f"{v.dtype}{list(v.shape)}")
+        state[k] = torch.from_numpy(a.copy())
+    return state
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,7 +328,7 @@ def compare_step(work: Path, name: str, mode: str, images, labels) -> dict:
         b64 = to64(r64.buffers[s["name"]]).reshape(-1)
         j = judge(tool, b64, to64(r32.buffers[s["name"]]).reshape(-1))
         # How far the tool moved the statistic compared with torch (1 when they agree; 1.9 = 1 − 0.9² is an
-        # update applied twice).
+        # update applied twice, as when the two sides start one update apart).
         v_start = to64(dict(build_state(work, name))[s["name"]]).reshape(-1)
         moved = b64 - v_start
         big = np.abs(moved) > 0.5 * np.max(np.abs(moved)) if moved.size else moved
