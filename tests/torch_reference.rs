@@ -12,7 +12,7 @@
 //!   running statistics, each within `10·(torch float32 error) + 1e-5·max|value|` of torch float64. The
 //!   gradients are read straight from the step model: each parameter's `x.next` output is rewired to its
 //!   gradient (plain SGD compiles `x.next = x − lr·g`; the `Sub` becomes an `Identity` of `g`).
-//! - trajectories (BP): 30 steps of SGD (momentum 0.9, weight decay 5e-4) and 30 of AdamW on the
+//! - trajectories (BP and every 2): 30 steps of SGD (momentum 0.9, weight decay 5e-4) and 30 of AdamW on the
 //!   same batches as `torch.optim.SGD` / `torch.optim.AdamW` (weight decay where the manifest applies it):
 //!   losses within 1e-3 relative at every step (once torch's own float32 run has left its float64 one by more,
 //!   as training BatchNorm networks at batch 4 is chaotic, within 10 times the largest difference torch's
@@ -331,11 +331,8 @@ fn tool_runs(dir: &Path) {
             }
         };
         one_step(&forward, &b, &out);
-        // The trajectories run from the model as exported; the integration's arithmetic is the step's.
-        if mode == "bp" {
-            for opt in optimizers(&meta) {
-                trajectory(&forward, &b, opt, &out);
-            }
+        for opt in optimizers(&meta) {
+            trajectory(&forward, &b, opt, &out);
         }
     }
 }
