@@ -315,8 +315,9 @@ fn a_diverging_loss_is_reported_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let model = write_model(dir.path());
     let out = dir.path().join("run");
-    // AdamW at 1000 times its usual rate: from the second step on the loss is far past its start. ONNX Runtime
-    // computes it (finite) to the end of the epoch; tract's loss overflows to NaN at once, which stops the run.
+    // AdamW at 1000 times its usual rate: from the second step on the loss is far past its start. Where it stays
+    // finite the epoch runs to its end with one warning; where it overflows to NaN the run stops with the same
+    // hint.
     let o = train(
         &model,
         &out,
