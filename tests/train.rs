@@ -6,150 +6,16 @@
 
 mod common;
 
+use common::train_run::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use prost::Message;
 use rl_passes::contract::{scalar_name, Scalar};
-use rl_passes::onnx::{tensor_proto::DataType, ModelProto};
-use rl_passes::tensor::{f32_tensor, f32_values};
-use rl_passes::testing::{node, sym, ModelBuilder, NodeExt};
-
-const WIDTH: usize = 16;
-const CLASSES: usize = 4;
-/// 1×4×4 images (16 values, the MLP's width), 4 classes, 1024 images per split.
-const DATA: &str = "synthetic:1024:1x4x4:4:3";
-
-/// Deterministic values in about [-scale, scale].
-fn weights(seed: usize, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) + 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-/// x [N, 16] → Flatten → 4 equal residual blocks h = h + Relu(h·W_k + b_k) → logits = h·W_out + b_out.
-fn residual_mlp() -> ModelProto {
-    // Nodes are named after their output.
-    let named = |op: &str, inputs: &[&str], output: &str| node(op, inputs, &[output]).named(output);
-    let mut nodes = vec![named("Flatten", &["x"], "flat")];
-    let mut inits = Vec::new();
-    let mut h = "flat".to_owned();
-    for k in 0..4 {
-        let w = format!("blocks.{k}.weight");
-        let b = format!("blocks.{k}.bias");
-        inits.push(f32_tensor(
-            &w,
-            &[WIDTH as i64, WIDTH as i64],
-            &weights(k + 1, WIDTH * WIDTH, 0.25),
-        ));
-        inits.push(f32_tensor(&b, &[WIDTH as i64], &[0.0; WIDTH]));
-        let mm = format!("blocks.{k}.mm");
-        let add = format!("blocks.{k}.add");
-        let relu = format!("blocks.{k}.relu");
-        let out = format!("blocks.{k}.out");
-        nodes.push(named("MatMul", &[&h, &w], &mm));
-        nodes.push(named("Add", &[&mm, &b], &add));
-        nodes.push(named("Relu", &[&add], &relu));
-        nodes.push(named("Add", &[&h, &relu], &out));
-        h = out;
-    }
-    inits.push(f32_tensor(
-        "head.weight",
-        &[WIDTH as i64, CLASSES as i64],
-        &weights(99, WIDTH * CLASSES, 0.25),
-    ));
-    inits.push(f32_tensor("head.bias", &[CLASSES as i64], &[0.0; CLASSES]));
-    nodes.push(named("MatMul", &[&h, "head.weight"], "head.mm"));
-    nodes.push(named("Add", &["head.mm", "head.bias"], "logits"));
-    ModelBuilder::new("residual_mlp")
-        .nodes(nodes)
-        .initializers(inits)
-        .input(
-            "x",
-            DataType::Float,
-            [sym("N"), 1.into(), 4.into(), 4.into()],
-        )
-        .output(
-            "logits",
-            DataType::Float,
-            [sym("N"), (CLASSES as i64).into()],
-        )
-        .build()
-}
-
-/// The engine the tests train on: ONNX Runtime when its library is found (always under CI), else tract.
-fn engine() -> &'static str {
-    let found = rl_rewrite::engine::ort::find_library();
-    match found {
-        Ok(_) => "ort",
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("CI must train on ONNX Runtime: {e}")
-        }
-        Err(e) => {
-            eprintln!("note: {e}; the train tests use tract");
-            "tract"
-        }
-    }
-}
-
-fn train(model: &Path, out: &Path, engine: &str, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
-        .arg("train")
-        .arg(model)
-        .args(["--data", DATA, "--batch", "32"])
-        .args(if extra.contains(&"--lr") {
-            &[][..]
-        } else {
-            &["--lr", "0.05"][..]
-        })
-        .args(["--engine", engine, "--device", "cpu", "--seed", "5"])
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn write_model(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("mlp.onnx");
-    std::fs::write(&path, residual_mlp().encode_to_vec()).unwrap();
-    path
-}
-
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(
-        &std::fs::read_to_string(out.join("metrics.json")).unwrap(),
-    )
-    .unwrap()
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
-fn initializer(model: &Path, name: &str) -> Vec<f32> {
-    let m = rl_passes::io::load_model(model).unwrap().model;
-    let g = m.graph.unwrap();
-    let t = g
-        .initializer
-        .iter()
-        .find(|t| t.name() == name)
-        .unwrap_or_else(|| panic!("{}: no initializer {name}", model.display()));
-    f32_values(t).unwrap()
-}
+use rl_passes::onnx::ModelProto;
+use rl_passes::tensor::f32_tensor;
+use rl_passes::testing::{node, NodeExt};
 
 fn learns(engine: &str, mode: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
@@ -639,94 +505,6 @@ fn a_batchnorm_resnet_evaluates_with_its_trained_running_statistics() {
     }
 }
 
-#[test]
-fn compare_trains_both_sides_with_the_same_seed_and_sets_them_side_by_side() {
-    let engine = engine();
-    let dir = tempfile::tempdir().unwrap();
-    let model = write_model(dir.path());
-    let out = dir.path().join("cmp");
-    let flags = [
-        "--data", DATA, "--batch", "32", "--lr", "0.05", "--epochs", "2",
-    ];
-    let compare = || {
-        Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
-            .arg("compare")
-            .arg(&model)
-            .args(["--every", "2"])
-            .args(flags)
-            .args(["--engine", engine, "--device", "cpu", "--seed", "5"])
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
-    };
-    let o = compare();
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    for row in [
-        "learnable parameters",
-        "optimizer-state bytes",
-        "peak host memory",
-        "time per epoch",
-        "best test accuracy",
-        "final test accuracy",
-    ] {
-        assert!(
-            t.lines().any(|l| l.starts_with(row)),
-            "no '{row}' row:\n{t}"
-        );
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
-    // BP learns all 4 blocks and the head; every 2 freezes blocks.1 (weight and bias) and learns its a and b.
-    let block = WIDTH * WIDTH + WIDTH;
-    let bp_values = 4 * block + WIDTH * CLASSES + CLASSES;
-    let rl_values = bp_values - block + 2;
-    assert_eq!(report["bp"]["learnable_values"], bp_values, "{report}");
-    assert_eq!(
-        report["replacement_learning"]["learnable_values"],
-        rl_values
-    );
-    assert_eq!(report["replacement_learning"]["tensors_replaced"], 2);
-    // SGD with momentum: one float32 buffer per learnable value.
-    assert_eq!(report["bp"]["optimizer_state_bytes"], 4 * bp_values);
-    assert_eq!(
-        report["replacement_learning"]["optimizer_state_bytes"],
-        4 * rl_values
-    );
-    for side in ["bp", "replacement_learning"] {
-        let epochs = report[side]["epochs"].as_array().unwrap();
-        assert_eq!(epochs.len(), 2, "{side}");
-        assert!(epochs[1]["test_acc"].as_f64().unwrap() > 0.5, "{side}: {t}");
-        assert!(epochs[1]["peak_host_mib"].as_f64().unwrap() > 0.0);
-    }
-    let svg = std::fs::read_to_string(out.join("compare.svg")).unwrap();
-    assert!(svg.contains("BP") && svg.contains("RepL every 2"));
-
-    // The BP side is exactly what `train --bp` computes with the same flags: same seed, same data order.
-    let alone = dir.path().join("alone");
-    let o = train(&model, &alone, engine, &["--bp", "--epochs", "2"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(
-        std::fs::read(alone.join("state.onnx")).unwrap(),
-        std::fs::read(out.join("bp/state.onnx")).unwrap(),
-        "compare's BP run differs from train --bp with the same flags"
-    );
-
-    // The same command again continues from the finished runs instead of training anew.
-    let o = compare();
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    assert!(t.contains("continuing"), "{t}");
-    assert!(
-        !t.contains("epoch 1/2:"),
-        "a finished run was trained again:\n{t}"
-    );
-    let again: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
-    assert_eq!(again["bp"]["epochs"], report["bp"]["epochs"]);
-}
-
 /// A ViT (its patch embedding is a Conv whose bias becomes a step-model input) trains on tract too: tract's
 /// Conv translation adds a node named `{conv}.bias`, which clashed with that input before the runner renamed
 /// nodes for tract.
@@ -763,33 +541,6 @@ fn a_vit_with_a_trained_conv_bias_trains_on_tract() {
     let rows = metrics(&out);
     assert_eq!(rows.len(), 1);
     assert!(rows[0]["train_loss"].as_f64().unwrap().is_finite());
-}
-
-#[test]
-fn compare_refuses_a_k_that_freezes_nothing_before_training_anything() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = write_model(dir.path());
-    let out = dir.path().join("cmp");
-    let o = Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
-        .arg("compare")
-        .arg(&model)
-        .args([
-            "--every", "1", "--data", DATA, "--epochs", "1", "--engine", "tract",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(
-        t.contains("mlp.onnx") && t.contains("--every must be at least 2"),
-        "{t}"
-    );
-    assert!(
-        !out.join("bp").exists(),
-        "the BP side was trained before the error:\n{t}"
-    );
 }
 
 /// The residual MLP as a de-duplicating exporter writes it: the four equal (zero) biases are one stored tensor,
