@@ -51,6 +51,17 @@ fn residual_mlp() -> ModelProto {
         .build()
 }
 
+/// Zoo resnet20 written by the CLI into `dir`.
+fn zoo_resnet20(dir: &std::path::Path) -> std::path::PathBuf {
+    let model = dir.join("r20.onnx");
+    assert!(Command::new(env!("CARGO_BIN_EXE_rl-rewrite"))
+        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    model
+}
+
 #[test]
 fn compile_train_writes_step_eval_and_manifest_for_a_rewrite() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,13 +153,8 @@ fn compile_train_writes_step_eval_and_manifest_for_a_rewrite() {
 #[test]
 fn compile_train_refuses_what_it_cannot_train_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("r20.onnx");
+    let model = zoo_resnet20(dir.path());
     let bin = env!("CARGO_BIN_EXE_rl-rewrite");
-    assert!(Command::new(bin)
-        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
     let out = Command::new(bin)
         .args([
             "compile-train",
@@ -172,13 +178,8 @@ fn compile_train_refuses_what_it_cannot_train_with_a_clear_message() {
 #[test]
 fn compile_train_takes_batchnorm_running_statistics_as_state() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("r20.onnx");
+    let model = zoo_resnet20(dir.path());
     let bin = env!("CARGO_BIN_EXE_rl-rewrite");
-    assert!(Command::new(bin)
-        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
     let step = dir.path().join("s.onnx");
     let eval = dir.path().join("e.onnx");
     let out = Command::new(bin)
@@ -224,13 +225,8 @@ fn compile_train_takes_batchnorm_running_statistics_as_state() {
 #[test]
 fn the_running_variance_choice_and_the_optimizer_are_recorded_in_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("r20.onnx");
+    let model = zoo_resnet20(dir.path());
     let bin = env!("CARGO_BIN_EXE_rl-rewrite");
-    assert!(Command::new(bin)
-        .args(["zoo", "resnet20", "-o", model.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
     let compile = |extra: &[&str]| {
         let manifest = dir.path().join("m.json");
         let out = Command::new(bin)
