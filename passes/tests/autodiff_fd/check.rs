@@ -314,11 +314,7 @@ pub fn gradients_at(case: &Case, values: &[Vec<f64>], weights: &[f64]) -> Vec<Ve
         .zip(values)
         .map(|((_, s, _, _), v)| (s.clone(), v.clone()))
         .collect();
-    let ints: Vec<(Vec<usize>, Vec<i64>)> = case
-        .int_inputs
-        .iter()
-        .map(|(_, s, v)| (s.clone(), v.clone()))
-        .collect();
+    let ints = int_feeds(case);
     let outs = run(&plan, &feeds, &ints);
     dump_for_ort(
         &case.name,
@@ -329,6 +325,14 @@ pub fn gradients_at(case: &Case, values: &[Vec<f64>], weights: &[f64]) -> Vec<Ve
         &outs,
     );
     outs[1..=wrt.len()].to_vec()
+}
+
+/// The case's integer inputs as (shape, values) feeds.
+fn int_feeds(case: &Case) -> Vec<(Vec<usize>, Vec<i64>)> {
+    case.int_inputs
+        .iter()
+        .map(|(_, s, v)| (s.clone(), v.clone()))
+        .collect()
 }
 
 pub fn check(case: Case, seed: u64) {
@@ -346,11 +350,7 @@ pub fn check(case: Case, seed: u64) {
             (s.clone(), (0..n).map(|_| rng.uniform(*lo, *hi)).collect())
         })
         .collect();
-    let ints: Vec<(Vec<usize>, Vec<i64>)> = case
-        .int_inputs
-        .iter()
-        .map(|(_, s, v)| (s.clone(), v.clone()))
-        .collect();
+    let ints = int_feeds(&case);
     let outs = run(&plan, &feeds, &ints);
     dump_for_ort(&case.name, &bytes, &native, &feeds, &ints, &outs);
     for (k, w) in wrt.iter().enumerate() {
