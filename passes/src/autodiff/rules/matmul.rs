@@ -37,6 +37,9 @@ pub fn matmul(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     if a.out_shape(0)? != y2.as_slice() {
         dy = ctx.reshape(&dy, &y2);
     }
+    if a2.len() > 2 && sb.len() == 2 {
+        return matrix_times_shared(ctx, a, &sa, &dy, (m, k, n));
+    }
     let mut out = vec![None, None];
     if a.needs(0) {
         // dA = dY @ Bᵀ, shaped batch + [m, k]
@@ -63,6 +66,31 @@ pub fn matmul(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
         from.extend([k, n]);
         let g = ctx.reduce_to_shape(&p, &from, &b2)?;
         out[1] = Some(if sb != b2 { ctx.reshape(&g, &sb) } else { g });
+    }
+    Ok(out)
+}
+
+/// `Y = A @ B` where `A` is `batch + [m, k]` and the matrix `B` `[k, n]` is shared by every batch entry, as in
+/// a linear layer applied to a sequence. The batch axes fold into the rows, as PyTorch's `linear` backward does:
+/// `dB = A₂ᵀ · dY₂` is one GEMM over all `batch·m` rows instead of one `[k, n]` product per batch entry summed
+/// afterwards (a `batch·k·n` temporary and a reduction over it), and `dA = dY₂ · Bᵀ` is one GEMM too.
+fn matrix_times_shared(
+    ctx: &mut GradCtx,
+    a: &RuleArgs,
+    sa: &[usize],
+    dy: &str,
+    (m, k, n): (usize, usize, usize),
+) -> Grads {
+    let rows = sa[..sa.len() - 2].iter().product::<usize>() * m;
+    let dy2 = ctx.reshape(dy, &[rows, n]);
+    let mut out = vec![None, None];
+    if a.needs(0) {
+        let g = emit_gemm(ctx, &dy2, a.input(1), 1.0, false, true);
+        out[0] = Some(ctx.reshape(&g, sa));
+    }
+    if a.needs(1) {
+        let a2 = ctx.reshape(a.input(0), &[rows, k]);
+        out[1] = Some(emit_gemm(ctx, &a2, &dy2, 1.0, true, false));
     }
     Ok(out)
 }
