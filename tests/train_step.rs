@@ -344,6 +344,61 @@ fn vit_step_models_agree_on_ort_and_tract() {
     check("vit_every2_detach", &r, true);
 }
 
+/// AdamW on ONNX Runtime's CPU: the lowering replaces every parameter's update (about fifteen elementwise ops)
+/// by one `AdamWStep` kernel, which rounds each operation as the standard ops do, so that the step's outputs
+/// are bit for bit those of the standard model; a second step (bias corrections of t = 2, non-zero moments)
+/// too.
+#[test]
+fn fused_adamw_updates_match_the_standard_ops_bit_for_bit() {
+    if !common::ort_available() {
+        return;
+    }
+    let m = build_custom_vit(4, 8, 2, 16, 4, &OPTS).unwrap();
+    for (name, model) in [("bp", m.clone()), ("every2", every2(m))] {
+        let t = compile_train(
+            &model,
+            &TrainOptions {
+                batch_size: 4,
+                optimizer: rl_passes::training::Optimizer::adamw(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let lowered = rl_rewrite::engine::ort::cpu::lower_for_cpu(&t.step)
+            .unwrap()
+            .expect("AdamW updates to fuse");
+        let g = lowered.graph.as_ref().unwrap();
+        let fused = g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == rl_rewrite::engine::ort::ops::ADAMW_STEP_OP)
+            .count();
+        assert_eq!(
+            fused,
+            t.manifest.params.len(),
+            "{name}: one fused update per trained parameter"
+        );
+        let (mut floats, labels) = feeds(&t);
+        for step in 1..=2 {
+            let standard = run_ort(&t.step, &floats, &labels, &t.manifest.labels);
+            let own = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
+            for (k, v) in &standard {
+                assert!(
+                    own[k].iter().zip(v).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} step {step}: {k} differs between the fused and the standard AdamW update"
+                );
+            }
+            // The next step starts from this one's parameters and moments.
+            for (input, _, values) in floats.iter_mut() {
+                if let Some(next) = standard.get(&rl_passes::training::next_name(input)) {
+                    *values = next.iter().map(|&x| x as f32).collect();
+                }
+            }
+        }
+        eprintln!("{name}: {fused} fused AdamW updates, bit-identical over two steps");
+    }
+}
+
 /// The PyTorch training-mode export (BatchNormalization training_mode=1, Dropout with ratio and training_mode
 /// inputs): its step model passes onnx.checker and runs on ORT CPU (tract refuses training-mode Dropout), and
 /// two runs give the same running statistics (batch statistics) but, through Dropout's random mask, may differ

@@ -46,6 +46,22 @@ impl Builder {
         self.op_to(op, inputs, attrs, None)
     }
 
+    /// Attaches a note (`key`: JSON `value`) to the node writing `output`, for engines with fused kernels.
+    pub fn annotate(&mut self, output: &str, key: &str, value: String) {
+        if let Some(node) = self
+            .nodes
+            .iter_mut()
+            .rev()
+            .find(|n| n.output.iter().any(|o| o == output))
+        {
+            node.metadata_props
+                .push(crate::onnx::StringStringEntryProto {
+                    key: Some(key.to_owned()),
+                    value: Some(value),
+                });
+        }
+    }
+
     /// An int64 initializer of the given dims.
     pub fn const_i64(&mut self, dims: &[usize], values: &[i64]) -> String {
         let name = self.fresh("const");

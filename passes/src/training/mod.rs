@@ -57,5 +57,5 @@ mod step;
 
 pub use batchnorm::RunningVariance;
 pub use error::TrainError;
-pub use optimizer::{next_name, Optimizer, StateTensor, ADAMW_STEP};
+pub use optimizer::{next_name, AdamWNote, Optimizer, StateTensor, ADAMW_NOTE, ADAMW_STEP};
 pub use step::{compile_train, ManifestTensor, TrainManifest, TrainOptions, TrainingModels};

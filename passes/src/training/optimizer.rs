@@ -131,6 +131,31 @@ pub fn next_name(x: &str) -> String {
     format!("{x}.next")
 }
 
+/// Metadata key on the node writing an AdamW-updated parameter (`p.next`), whose value is an [`AdamWNote`] in
+/// JSON, so that an engine with a fused kernel can compute `p.next`, `m.next` and `v.next` in one pass.
+pub const ADAMW_NOTE: &str = "rl_rewrite.adamw";
+
+/// One parameter's AdamW update as emitted here: with `g` = `grad`, `m` = `exp_avg`, `v` = `exp_avg_sq`,
+/// `m' = m·β1 + g·(1−β1)`, `v' = v·β2 + (g·g)·(1−β2)`, `p' = p − lr·((m'/bc1) / (√(v'/bc2) + ε) + p·λ)`, each
+/// operation rounded to the parameter's type in this order (the λ term only when `weight_decay` ≠ 0).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWNote {
+    pub param: String,
+    pub grad: String,
+    pub exp_avg: String,
+    pub exp_avg_sq: String,
+    /// The learning rate (a scalar of the parameter's type).
+    pub lr: String,
+    /// `1 − β1^t` and `1 − β2^t` (scalars of the parameter's type).
+    pub bias_correction1: String,
+    pub bias_correction2: String,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 0 where weight decay does not apply to this parameter.
+    pub weight_decay: f64,
+}
+
 /// Name of AdamW's shared step-count state.
 pub const ADAMW_STEP: &str = "adamw.step";
 
@@ -260,14 +285,30 @@ pub fn emit_updates(
                 let e = b.scalar(p.dtype, eps);
                 let denom = b.op("Add", &[&root, &e], vec![]);
                 let mut upd = b.op("Div", &[&m_hat, &denom], vec![]);
-                if p.decay && weight_decay != 0.0 {
-                    let wd = b.scalar(p.dtype, weight_decay);
+                let decay = if p.decay { weight_decay } else { 0.0 };
+                if decay != 0.0 {
+                    let wd = b.scalar(p.dtype, decay);
                     let dp = b.op("Mul", &[&p.name, &wd], vec![]);
                     upd = b.op("Add", &[&upd, &dp], vec![]);
                 }
                 let lr = lr_for(b, p.dtype);
                 let step = b.op("Mul", &[&lr, &upd], vec![]);
-                b.op_to("Sub", &[&p.name, &step], vec![], Some(&next_name(&p.name)));
+                let p_next = b.op_to("Sub", &[&p.name, &step], vec![], Some(&next_name(&p.name)));
+                let note = AdamWNote {
+                    param: p.name.clone(),
+                    grad: p.grad.clone(),
+                    exp_avg: m.clone(),
+                    exp_avg_sq: v.clone(),
+                    lr,
+                    bias_correction1: bc1.clone(),
+                    bias_correction2: bc2.clone(),
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: decay,
+                };
+                let note = serde_json::to_string(&note).expect("plain data serializes");
+                b.annotate(&p_next, ADAMW_NOTE, note);
                 for s in [m, v] {
                     states.push(StateTensor {
                         name: s,

@@ -8,6 +8,7 @@
 //! kernels ([`nchwc`]), and this crate's own kernels ([`ops`]: [`conv_weight_grad`], ReluGrad) replacing the
 //! subgraphs the autodiff noted ([`weight_grad`], [`relu_grad`]).
 
+pub mod adamw;
 pub mod conv_weight_grad;
 pub mod cpu;
 pub mod nchwc;

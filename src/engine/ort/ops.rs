@@ -7,6 +7,10 @@
 //!   with C a multiple of the block, their data laid out [N, C/block, H, W, block]. Runs on ONNX Runtime's
 //!   intra-op threads, the batch split into a fixed number of parts so that the result does not depend on the
 //!   thread count.
+//! - `ReluGrad(Y, dY) → dX`: `dY` where `Y > 0`, else 0, in one pass.
+//! - `AdamWStep(p, g, m, v, lr, bc1, bc2) → (p', m', v')`: one parameter's AdamW update as
+//!   `rl_passes::training::AdamWNote` describes it, in one pass; attributes `beta1`, `one_minus_beta1`, `beta2`,
+//!   `one_minus_beta2`, `eps`, `weight_decay` (the constants of the standard ops it replaces).
 
 use std::sync::Mutex;
 
@@ -29,6 +33,8 @@ pub const DOMAIN: &str = "ai.rl_rewrite";
 pub const CONV_WEIGHT_GRAD: &str = "ConvWeightGrad";
 /// The op type of the Relu gradient.
 pub const RELU_GRAD: &str = "ReluGrad";
+/// The op type of one parameter's AdamW update.
+pub const ADAMW_STEP_OP: &str = "AdamWStep";
 
 /// Parts the batch is split into: enough to keep a few cores busy, fixed so that sums are reproducible.
 const PARTS: usize = 8;
@@ -49,7 +55,8 @@ pub fn commit_with_own_ops(mut builder: SessionBuilder, model: &[u8]) -> anyhow:
 pub fn domain() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?
         .add(ConvWeightGradOp)?
-        .add(ReluGradOp)
+        .add(ReluGradOp)?
+        .add(AdamWStepOp)
 }
 
 /// The note the autodiff left under `key` on `node`, if any and readable.
@@ -272,6 +279,144 @@ impl Kernel for ReluGradKernel {
             for ((d, &yv), &g) in dx.iter_mut().zip(&y[range.clone()]).zip(&dy[range]) {
                 *d = if yv > 0.0 { g } else { 0.0 };
             }
+        })?;
+        Ok(())
+    }
+}
+
+struct AdamWStepOp;
+
+/// Elements per parallel chunk of the AdamW update.
+const ADAMW_CHUNK: usize = 1 << 15;
+
+impl Operator for AdamWStepOp {
+    type Kernel<'attr> = AdamWStepKernel;
+
+    fn name(&self) -> &str {
+        ADAMW_STEP_OP
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [0; 7].map(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [0; 3].map(|_| OperatorOutput::required(TensorElementType::Float32))
+    }
+
+    fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<AdamWStepKernel> {
+        let get = |name: &str| {
+            kctx.get::<f32>(name).ok_or_else(|| {
+                ort::Error::new(format!("{ADAMW_STEP_OP}: attribute `{name}` is required"))
+            })
+        };
+        Ok(AdamWStepKernel {
+            beta1: get("beta1")?,
+            one_minus_beta1: get("one_minus_beta1")?,
+            beta2: get("beta2")?,
+            one_minus_beta2: get("one_minus_beta2")?,
+            eps: get("eps")?,
+            weight_decay: get("weight_decay")?,
+        })
+    }
+}
+
+struct AdamWStepKernel {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+}
+
+impl AdamWStepKernel {
+    /// The update of one chunk, each operation rounded as the standard ops round it, in their order.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        (lr, bc1, bc2): (f32, f32, f32),
+        p: &[f32],
+        g: &[f32],
+        m: &[f32],
+        v: &[f32],
+        p_next: &mut [f32],
+        m_next: &mut [f32],
+        v_next: &mut [f32],
+    ) {
+        for i in 0..p.len() {
+            let mn = m[i] * self.beta1 + g[i] * self.one_minus_beta1;
+            let vn = v[i] * self.beta2 + (g[i] * g[i]) * self.one_minus_beta2;
+            let mut upd = (mn / bc1) / ((vn / bc2).sqrt() + self.eps);
+            if self.weight_decay != 0.0 {
+                upd += p[i] * self.weight_decay;
+            }
+            p_next[i] = p[i] - lr * upd;
+            m_next[i] = mn;
+            v_next[i] = vn;
+        }
+    }
+}
+
+impl Kernel for AdamWStepKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let missing = |what: &str| ort::Error::new(format!("{ADAMW_STEP_OP}: no {what}"));
+        let mut inputs = Vec::with_capacity(7);
+        for k in 0..7 {
+            inputs.push(ctx.input(k)?.ok_or_else(|| missing("input"))?);
+        }
+        let mut tensors = Vec::with_capacity(7);
+        for value in &inputs {
+            tensors.push(value.try_extract_tensor::<f32>()?);
+        }
+        let shape = tensors[0].0.to_vec();
+        if tensors[1..4].iter().any(|(s, _)| s.to_vec() != shape) {
+            return Err(ort::Error::new(format!(
+                "{ADAMW_STEP_OP}: p, g, m and v must have one shape, not {:?}",
+                tensors[..4]
+                    .iter()
+                    .map(|(s, _)| s.to_vec())
+                    .collect::<Vec<_>>()
+            )));
+        }
+        let scalar = |k: usize| match tensors[k].1 {
+            [x] => Ok(*x),
+            _ => Err(ort::Error::new(format!(
+                "{ADAMW_STEP_OP}: input {k} (lr, bc1, bc2) must be a scalar"
+            ))),
+        };
+        let scalars = (scalar(4)?, scalar(5)?, scalar(6)?);
+        let (p, g, m, v) = (tensors[0].1, tensors[1].1, tensors[2].1, tensors[3].1);
+        let mut outs = Vec::with_capacity(3);
+        for k in 0..3 {
+            outs.push(
+                ctx.output(k, shape.clone())?
+                    .ok_or_else(|| missing("output"))?,
+            );
+        }
+        let mut targets = Vec::with_capacity(3);
+        for out in &mut outs {
+            targets.push(Out(out.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr()));
+        }
+        let len = p.len();
+        let chunks = len.div_ceil(ADAMW_CHUNK);
+        let this = &*self;
+        ctx.par_for(chunks, chunks, |k| {
+            let range = k * ADAMW_CHUNK..((k + 1) * ADAMW_CHUNK).min(len);
+            // SAFETY: chunk k covers its own range of each output, inside their common length.
+            let [pn, mn, vn] = [0, 1, 2].map(|o| unsafe {
+                std::slice::from_raw_parts_mut(targets[o].ptr().add(range.start), range.len())
+            });
+            this.update(
+                scalars,
+                &p[range.clone()],
+                &g[range.clone()],
+                &m[range.clone()],
+                &v[range.clone()],
+                pn,
+                mn,
+                vn,
+            );
         })?;
         Ok(())
     }
