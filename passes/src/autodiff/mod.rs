@@ -7,6 +7,7 @@
 //! (one small unit per op family in [`rules`]), and gradients of values read by several nodes are summed with
 //! `Add`. New values and nodes are named `grad/…`. The backward ops need default-domain opset 13 or later.
 
+pub mod composite;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 
 use crate::analysis::shapes::{Inference, TensorType};
-use crate::ir::{node_label, Graph, GraphError};
+use crate::ir::{node_label, Graph, GraphError, NodeIndex};
 use crate::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto,
     StringStringEntryProto, TensorProto,
@@ -413,12 +414,24 @@ pub fn differentiate_with(
         }
     }
 
+    // Elementary GELUs, differentiated as one op at their output node; their inner nodes are skipped (their
+    // values are read by the chain alone, so nothing else waits for a gradient through them).
+    let stopped = |n: NodeIndex| opts.stop.iter().any(|(name, _)| name == g.node(n).name());
+    let gelus: HashMap<NodeIndex, composite::GeluChain> = composite::gelu_chains(g)
+        .into_iter()
+        .filter(|(_, c)| !stopped(c.output_node) && !c.inner.iter().any(|&n| stopped(n)))
+        .collect();
+    let inside_gelu: HashSet<NodeIndex> = gelus.values().flat_map(|c| c.inner.clone()).collect();
+
     let mut ctx = GradCtx::new(g, inference);
     let mut contrib: HashMap<String, Vec<String>> = HashMap::new();
     let seed = ctx.filled(lt.dtype, &lt.shape, 1.0);
     contrib.insert(loss.to_owned(), vec![seed]);
 
     for &i in order.iter().rev() {
+        if inside_gelu.contains(&i) {
+            continue;
+        }
         let node = g.node(i);
         let on_path = node
             .output
@@ -434,6 +447,14 @@ pub fn differentiate_with(
             .map(|o| accumulate(&mut ctx, &mut contrib, o))
             .collect();
         if dy.iter().all(Option::is_none) {
+            continue;
+        }
+        if let Some(chain) = gelus.get(&i) {
+            if let (Some(dy), true) = (&dy[0], live.contains(&chain.x)) {
+                let dtype = types[&chain.x].dtype;
+                let gx = rules::activations::gelu_exact_grad(&mut ctx, &chain.x, dy, dtype);
+                contrib.entry(chain.x.clone()).or_default().push(gx);
+            }
             continue;
         }
         let label = node_label(node, i);

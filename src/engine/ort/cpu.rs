@@ -7,14 +7,14 @@ use rl_passes::onnx::ModelProto;
 use rl_passes::pass::{Changed, Driver};
 use rl_passes::passes::DeadCodeElimination;
 
+use super::activation_grads::FusedActivationGrads;
 use super::adamw::FusedAdamW;
 use super::nchwc::{block_size, NchwcConvs};
-use super::relu_grad::FusedReluGrads;
 use super::weight_grad::NchwcWeightGrads;
 
 /// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]), their weight gradients
-/// computed from that layout ([`NchwcWeightGrads`]), its Relu gradients and AdamW updates fused
-/// ([`FusedReluGrads`], [`FusedAdamW`]); `None`
+/// computed from that layout ([`NchwcWeightGrads`]), its Relu and Gelu gradients and AdamW updates fused
+/// ([`FusedActivationGrads`], [`FusedAdamW`]); `None`
 /// when nothing was eligible. Sessions of the result need this crate's kernels
 /// ([`super::ops::commit_with_own_ops`]). Symbolic input dimensions are taken as 1: eligibility depends on
 /// channel counts and on shapes being equal only.
@@ -32,7 +32,7 @@ pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
             driver.run(&mut graph, &mut NchwcWeightGrads::new(block, types.clone()))?;
         }
     }
-    if driver.run(&mut graph, &mut FusedReluGrads::new(types.clone()))? == Changed::Yes {
+    if driver.run(&mut graph, &mut FusedActivationGrads::new(types.clone()))? == Changed::Yes {
         changed = Changed::Yes;
     }
     if driver.run(&mut graph, &mut FusedAdamW::new(types))? == Changed::Yes {
@@ -40,7 +40,7 @@ pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
     }
     Ok(match changed {
         Changed::Yes => {
-            // What only fed the replaced subgraphs (the im2col patches, the Relu masks, AdamW's temporaries).
+            // What only fed the replaced subgraphs (the im2col patches, the Relu masks, the Gelu derivatives, AdamW's temporaries).
             driver.run(&mut graph, &mut DeadCodeElimination)?;
             Some(graph.lower()?)
         }

@@ -5,16 +5,17 @@
 //! ran its nodes, as measured from ORT's profile ([`profile`]).
 //!
 //! The CPU lowering of training steps ([`cpu::lower_for_cpu`]): convolutions in ONNX Runtime's blocked NCHWc
-//! kernels ([`nchwc`]), and this crate's own kernels ([`ops`]: [`conv_weight_grad`], ReluGrad) replacing the
-//! subgraphs the autodiff noted ([`weight_grad`], [`relu_grad`]).
+//! kernels ([`nchwc`]), and this crate's own kernels ([`ops`]: [`conv_weight_grad`], ReluGrad, GeluGrad,
+//! AdamWStep) replacing the subgraphs the autodiff and the optimizer noted ([`weight_grad`],
+//! [`activation_grads`], [`adamw`]).
 
+pub mod activation_grads;
 pub mod adamw;
 pub mod conv_weight_grad;
 pub mod cpu;
 pub mod nchwc;
 pub mod ops;
 pub mod profile;
-pub mod relu_grad;
 pub mod session;
 pub mod weight_grad;
 

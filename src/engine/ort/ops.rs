@@ -8,6 +8,7 @@
 //!   intra-op threads, the batch split into a fixed number of parts so that the result does not depend on the
 //!   thread count.
 //! - `ReluGrad(Y, dY) → dX`: `dY` where `Y > 0`, else 0, in one pass.
+//! - `GeluGrad(X, dY) → dX`: `dY·(Φ(X) + X·φ(X))`, the exact Gelu's gradient, in one pass.
 //! - `AdamWStep(p, g, m, v, lr, bc1, bc2) → (p', m', v')`: one parameter's AdamW update as
 //!   `rl_passes::training::AdamWNote` describes it, in one pass; attributes `beta1`, `one_minus_beta1`, `beta2`,
 //!   `one_minus_beta2`, `eps`, `weight_decay` (the constants of the standard ops it replaces).
@@ -33,6 +34,8 @@ pub const DOMAIN: &str = "ai.rl_rewrite";
 pub const CONV_WEIGHT_GRAD: &str = "ConvWeightGrad";
 /// The op type of the Relu gradient.
 pub const RELU_GRAD: &str = "ReluGrad";
+/// The op type of the exact Gelu's gradient.
+pub const GELU_GRAD: &str = "GeluGrad";
 /// The op type of one parameter's AdamW update.
 pub const ADAMW_STEP_OP: &str = "AdamWStep";
 
@@ -56,6 +59,7 @@ pub fn domain() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?
         .add(ConvWeightGradOp)?
         .add(ReluGradOp)?
+        .add(GeluGradOp)?
         .add(AdamWStepOp)
 }
 
@@ -209,33 +213,80 @@ impl Kernel for ConvWeightGradKernel {
     }
 }
 
-struct ReluGradOp;
+/// A one-pass kernel of two same-shaped float inputs (an activation's output or input, and dY) giving dX.
+#[derive(Clone, Copy)]
+enum ActivationGrad {
+    /// `dY` where `Y > 0`, else 0.
+    Relu,
+    /// `dY·(Φ(X) + X·φ(X))`.
+    Gelu,
+}
 
-/// Elements per parallel chunk of the Relu gradient: large enough to amortize a task, small enough to
-/// spread a resnet activation (0.5–2 Mi elements) over the cores.
-const RELU_CHUNK: usize = 1 << 16;
-
-impl Operator for ReluGradOp {
-    type Kernel<'attr> = ReluGradKernel;
-
-    fn name(&self) -> &str {
-        RELU_GRAD
+impl ActivationGrad {
+    fn op(self) -> &'static str {
+        match self {
+            ActivationGrad::Relu => RELU_GRAD,
+            ActivationGrad::Gelu => GELU_GRAD,
+        }
     }
 
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [0, 1].map(|_| OperatorInput::required(TensorElementType::Float32))
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(TensorElementType::Float32)]
-    }
-
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<ReluGradKernel> {
-        Ok(ReluGradKernel)
+    fn apply(self, a: &[f32], dy: &[f32], dx: &mut [f32]) {
+        match self {
+            ActivationGrad::Relu => {
+                for ((d, &y), &g) in dx.iter_mut().zip(a).zip(dy) {
+                    *d = if y > 0.0 { g } else { 0.0 };
+                }
+            }
+            ActivationGrad::Gelu => {
+                const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+                for ((d, &x), &g) in dx.iter_mut().zip(a).zip(dy) {
+                    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI;
+                    *d = g * (cdf + x * pdf);
+                }
+            }
+        }
     }
 }
 
-struct ReluGradKernel;
+struct ReluGradOp;
+struct GeluGradOp;
+
+/// Elements per parallel chunk of an activation gradient: large enough to amortize a task, small enough to
+/// spread a resnet activation (0.5–2 Mi elements) over the cores.
+const ACTIVATION_CHUNK: usize = 1 << 16;
+
+macro_rules! activation_grad_operator {
+    ($op:ident, $kind:expr) => {
+        impl Operator for $op {
+            type Kernel<'attr> = ActivationGradKernel;
+
+            fn name(&self) -> &str {
+                $kind.op()
+            }
+
+            fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+                [0, 1].map(|_| OperatorInput::required(TensorElementType::Float32))
+            }
+
+            fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+                [OperatorOutput::required(TensorElementType::Float32)]
+            }
+
+            fn create_kernel<'attr>(
+                &self,
+                _: &KernelContext<'attr>,
+            ) -> ort::Result<ActivationGradKernel> {
+                Ok(ActivationGradKernel($kind))
+            }
+        }
+    };
+}
+
+activation_grad_operator!(ReluGradOp, ActivationGrad::Relu);
+activation_grad_operator!(GeluGradOp, ActivationGrad::Gelu);
+
+struct ActivationGradKernel(ActivationGrad);
 
 /// Writes through a raw pointer from the parallel tasks, each to its own chunk.
 struct Out(*mut f32);
@@ -250,35 +301,35 @@ impl Out {
     }
 }
 
-impl Kernel for ReluGradKernel {
+impl Kernel for ActivationGradKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let missing = |what: &str| ort::Error::new(format!("{RELU_GRAD}: no {what}"));
-        let y = ctx.input(0)?.ok_or_else(|| missing("input Y"))?;
+        let kind = self.0;
+        let op = kind.op();
+        let missing = |what: &str| ort::Error::new(format!("{op}: no {what}"));
+        let a = ctx.input(0)?.ok_or_else(|| missing("first input"))?;
         let dy = ctx.input(1)?.ok_or_else(|| missing("input dY"))?;
-        let (y_shape, y) = y.try_extract_tensor::<f32>()?;
+        let (a_shape, a) = a.try_extract_tensor::<f32>()?;
         let (dy_shape, dy) = dy.try_extract_tensor::<f32>()?;
-        if y_shape != dy_shape {
+        if a_shape != dy_shape {
             return Err(ort::Error::new(format!(
-                "{RELU_GRAD}: Y {:?} and dY {:?} must have the same shape",
-                &**y_shape, &**dy_shape
+                "{op}: the activation {:?} and dY {:?} must have the same shape",
+                &**a_shape, &**dy_shape
             )));
         }
         let mut out = ctx
-            .output(0, y_shape.to_vec())?
+            .output(0, a_shape.to_vec())?
             .ok_or_else(|| missing("output"))?;
         let (_, dx) = out.try_extract_tensor_mut::<f32>()?;
         let len = dx.len();
         let target = Out(dx.as_mut_ptr());
-        let chunks = len.div_ceil(RELU_CHUNK);
+        let chunks = len.div_ceil(ACTIVATION_CHUNK);
         ctx.par_for(chunks, chunks, |k| {
-            let range = k * RELU_CHUNK..((k + 1) * RELU_CHUNK).min(len);
+            let range = k * ACTIVATION_CHUNK..((k + 1) * ACTIVATION_CHUNK).min(len);
             // SAFETY: chunk k covers its own range of the output, inside its length.
             let dx = unsafe {
                 std::slice::from_raw_parts_mut(target.ptr().add(range.start), range.len())
             };
-            for ((d, &yv), &g) in dx.iter_mut().zip(&y[range.clone()]).zip(&dy[range]) {
-                *d = if yv > 0.0 { g } else { 0.0 };
-            }
+            kind.apply(&a[range.clone()], &dy[range], dx);
         })?;
         Ok(())
     }

@@ -134,12 +134,55 @@ pub fn hard_swish(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     Ok(vec![Some(ctx.op("Mul", &[a.dy0()?, &d], vec![]))])
 }
 
+/// Metadata key on the last node of an exact Gelu's gradient, whose value is a [`GeluGradNote`] in JSON, so that
+/// an engine with a fused kernel can replace the ten elementwise ops by one.
+pub const GELU_GRAD_NOTE: &str = "rl_rewrite.gelu_grad";
+
+/// `dX = dY·(Φ(X) + X·φ(X))`, the exact Gelu's gradient.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeluGradNote {
+    /// The Gelu's input.
+    pub x: String,
+    /// The gradient of its output.
+    pub dy: String,
+}
+
+/// The exact Gelu's input gradient `dY·(Φ(X) + X·φ(X))`, Φ(x) = (1 + erf(x/√2))/2, φ(x) = e^(−x²/2)/√(2π), in
+/// standard ops, noted ([`GELU_GRAD_NOTE`]); also the gradient of the elementary form of the exact Gelu
+/// ([`crate::autodiff::composite`]).
+pub fn gelu_exact_grad(ctx: &mut GradCtx, x: &str, dy: &str, dtype: i32) -> String {
+    use std::f64::consts::{FRAC_1_SQRT_2, PI};
+    let half = ctx.scalar(dtype, 0.5);
+    let one = ctx.scalar(dtype, 1.0);
+    let sq = ctx.op("Mul", &[x, x], vec![]);
+    let r = ctx.scalar(dtype, FRAC_1_SQRT_2);
+    let scaled = ctx.op("Mul", &[x, &r], vec![]);
+    let e = ctx.op("Erf", &[&scaled], vec![]);
+    let e1 = ctx.op("Add", &[&e, &one], vec![]);
+    let cdf = ctx.op("Mul", &[&e1, &half], vec![]);
+    let minus_half = ctx.scalar(dtype, -0.5);
+    let arg = ctx.op("Mul", &[&sq, &minus_half], vec![]);
+    let ex = ctx.op("Exp", &[&arg], vec![]);
+    let norm = ctx.scalar(dtype, 1.0 / (2.0 * PI).sqrt());
+    let pdf = ctx.op("Mul", &[&ex, &norm], vec![]);
+    let xpdf = ctx.op("Mul", &[x, &pdf], vec![]);
+    let d = ctx.op("Add", &[&cdf, &xpdf], vec![]);
+    let g = ctx.op("Mul", &[dy, &d], vec![]);
+    let note = GeluGradNote {
+        x: x.to_owned(),
+        dy: dy.to_owned(),
+    };
+    let note = serde_json::to_string(&note).expect("plain data serializes");
+    ctx.annotate(&g, GELU_GRAD_NOTE, note);
+    g
+}
+
 /// Gelu (opset 20). `approximate = "none"`: Y = X·Φ(X), dX = dY·(Φ(X) + X·φ(X)) with Φ(x) =
 /// (1 + erf(x/√2))/2 and φ(x) = e^(−x²/2)/√(2π). `approximate = "tanh"`: Y = X·(1 + tanh(u))/2 with
 /// u = √(2/π)·(X + 0.044715·X³), dX = dY·((1 + t)/2 + X/2·(1 − t²)·√(2/π)·(1 + 3·0.044715·X²)), t = tanh(u).
 /// Both are torch.nn.functional.gelu's backward formulas; Gelu is smooth, so there is no convention to pick.
 pub fn gelu(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
-    use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_PI, PI};
+    use std::f64::consts::FRAC_2_PI;
     let dtype = a.in_type(0)?.dtype;
     let x = a.input(0);
     let approximate = attr_string(a.node, "approximate").unwrap_or_else(|| "none".into());
@@ -147,20 +190,7 @@ pub fn gelu(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     let one = ctx.scalar(dtype, 1.0);
     let sq = ctx.op("Mul", &[x, x], vec![]);
     let d = match approximate.as_str() {
-        "none" => {
-            let r = ctx.scalar(dtype, FRAC_1_SQRT_2);
-            let scaled = ctx.op("Mul", &[x, &r], vec![]);
-            let e = ctx.op("Erf", &[&scaled], vec![]);
-            let e1 = ctx.op("Add", &[&e, &one], vec![]);
-            let cdf = ctx.op("Mul", &[&e1, &half], vec![]);
-            let minus_half = ctx.scalar(dtype, -0.5);
-            let arg = ctx.op("Mul", &[&sq, &minus_half], vec![]);
-            let ex = ctx.op("Exp", &[&arg], vec![]);
-            let norm = ctx.scalar(dtype, 1.0 / (2.0 * PI).sqrt());
-            let pdf = ctx.op("Mul", &[&ex, &norm], vec![]);
-            let xpdf = ctx.op("Mul", &[x, &pdf], vec![]);
-            ctx.op("Add", &[&cdf, &xpdf], vec![])
-        }
+        "none" => return Ok(vec![Some(gelu_exact_grad(ctx, x, a.dy0()?, dtype))]),
         "tanh" => {
             const KAPPA: f64 = 0.044715;
             let beta = FRAC_2_PI.sqrt();

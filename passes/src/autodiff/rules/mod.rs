@@ -1,7 +1,7 @@
 //! Gradient rules, one small unit per op family. A rule maps the gradients of a node's outputs to the
 //! gradients of its inputs (`None` where no gradient flows), emitting standard ONNX ops through [`GradCtx`].
 
-mod activations;
+pub(crate) mod activations;
 mod conv;
 mod elementwise;
 mod matmul;
@@ -12,7 +12,7 @@ mod regularize;
 mod shape_ops;
 mod softmax;
 
-pub use activations::{ReluGradNote, RELU_GRAD_NOTE};
+pub use activations::{GeluGradNote, ReluGradNote, GELU_GRAD_NOTE, RELU_GRAD_NOTE};
 pub use conv::{WeightGradNote, WEIGHT_GRAD_NOTE};
 
 use super::{GradCtx, RuleArgs};
