@@ -347,11 +347,11 @@ fn vit_step_models_agree_on_ort_and_tract() {
 /// A transformer step with AdamW on ONNX Runtime's CPU. The fused AdamW update alone (`FusedAdamW`) rounds each
 /// operation as the standard ops do: the step's outputs are bit for bit those of the standard model, over two
 /// steps (bias corrections of t = 1 and 2, non-zero moments). The whole CPU lowering (every exact Gelu's gradient
-/// one `GeluGrad` kernel) agrees with tract.
+/// one `GeluGrad` kernel, every LayerNormalization's gradients one `LayerNormGrad`) agrees with tract.
 #[test]
-fn fused_adamw_and_gelu_kernels_on_a_transformer_step() {
+fn fused_kernels_on_a_transformer_step() {
     use rl_passes::pass::Driver;
-    use rl_rewrite::engine::ort::ops::{ADAMW_STEP_OP, GELU_GRAD};
+    use rl_rewrite::engine::ort::ops::{ADAMW_STEP_OP, GELU_GRAD, LAYER_NORM_GRAD};
     if !common::ort_available() {
         return;
     }
@@ -416,12 +416,19 @@ fn fused_adamw_and_gelu_kernels_on_a_transformer_step() {
             gelus,
             "{name}: one GeluGrad per Gelu"
         );
+        let norms = count(&model, "LayerNormalization");
+        assert!(norms >= 3, "{name}: {norms} LayerNormalizations");
+        assert_eq!(
+            count(&lowered, LAYER_NORM_GRAD),
+            norms,
+            "{name}: one LayerNormGrad per LayerNormalization"
+        );
         let (floats, labels) = feeds(&t);
         let reference = run_tract(&t.step, &floats, &labels, &t.manifest.labels);
         let o = run_ort(&lowered, &floats, &labels, &t.manifest.labels);
         let worst = compare(name, &t.step, &reference, &o);
         eprintln!(
-            "{name}: AdamW fused bit for bit over two steps; lowered SGD step (GeluGrad) vs tract {worst:e}"
+            "{name}: AdamW fused bit for bit over two steps; lowered SGD step (GeluGrad, LayerNormGrad) vs tract {worst:e}"
         );
     }
 }

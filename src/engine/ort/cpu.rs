@@ -9,12 +9,13 @@ use rl_passes::passes::DeadCodeElimination;
 
 use super::activation_grads::FusedActivationGrads;
 use super::adamw::FusedAdamW;
+use super::layer_norm::FusedLayerNormGrads;
 use super::nchwc::{block_size, NchwcConvs};
 use super::weight_grad::NchwcWeightGrads;
 
 /// `model` with its eligible convolutions in this CPU's blocked layout ([`NchwcConvs`]), their weight gradients
-/// computed from that layout ([`NchwcWeightGrads`]), its Relu and Gelu gradients and AdamW updates fused
-/// ([`FusedActivationGrads`], [`FusedAdamW`]); `None`
+/// computed from that layout ([`NchwcWeightGrads`]), its Relu, Gelu and LayerNormalization gradients and AdamW
+/// updates fused ([`FusedActivationGrads`], [`FusedLayerNormGrads`], [`FusedAdamW`]); `None`
 /// when nothing was eligible. Sessions of the result need this crate's kernels
 /// ([`super::ops::commit_with_own_ops`]). Symbolic input dimensions are taken as 1: eligibility depends on
 /// channel counts and on shapes being equal only.
@@ -33,6 +34,9 @@ pub fn lower_for_cpu(model: &ModelProto) -> anyhow::Result<Option<ModelProto>> {
         }
     }
     if driver.run(&mut graph, &mut FusedActivationGrads::new(types.clone()))? == Changed::Yes {
+        changed = Changed::Yes;
+    }
+    if driver.run(&mut graph, &mut FusedLayerNormGrads::new(types.clone()))? == Changed::Yes {
         changed = Changed::Yes;
     }
     if driver.run(&mut graph, &mut FusedAdamW::new(types))? == Changed::Yes {

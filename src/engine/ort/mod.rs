@@ -6,13 +6,14 @@
 //!
 //! The CPU lowering of training steps ([`cpu::lower_for_cpu`]): convolutions in ONNX Runtime's blocked NCHWc
 //! kernels ([`nchwc`]), and this crate's own kernels ([`ops`]: [`conv_weight_grad`], ReluGrad, GeluGrad,
-//! AdamWStep) replacing the subgraphs the autodiff and the optimizer noted ([`weight_grad`],
-//! [`activation_grads`], [`adamw`]).
+//! LayerNormGrad, AdamWStep) replacing the subgraphs the autodiff and the optimizer noted ([`weight_grad`],
+//! [`activation_grads`], [`layer_norm`], [`adamw`]).
 
 pub mod activation_grads;
 pub mod adamw;
 pub mod conv_weight_grad;
 pub mod cpu;
+pub mod layer_norm;
 pub mod nchwc;
 pub mod ops;
 pub mod profile;

@@ -9,6 +9,9 @@
 //!   thread count.
 //! - `ReluGrad(Y, dY) → dX`: `dY` where `Y > 0`, else 0, in one pass.
 //! - `GeluGrad(X, dY) → dX`: `dY·(Φ(X) + X·φ(X))`, the exact Gelu's gradient, in one pass.
+//! - `LayerNormGrad(X, Scale, dY) → (dX, dScale, dB)`: LayerNormalization's gradients over the axes from
+//!   `axis` on (attributes `axis`, `epsilon`), the statistics recomputed from X, in one pass over the rows;
+//!   dScale and dB summed in a fixed number of row blocks, so that they do not depend on the thread count.
 //! - `AdamWStep(p, g, m, v, lr, bc1, bc2) → (p', m', v')`: one parameter's AdamW update as
 //!   `rl_passes::training::AdamWNote` describes it, in one pass; attributes `beta1`, `one_minus_beta1`, `beta2`,
 //!   `one_minus_beta2`, `eps`, `weight_decay` (the constants of the standard ops it replaces).
@@ -36,6 +39,8 @@ pub const CONV_WEIGHT_GRAD: &str = "ConvWeightGrad";
 pub const RELU_GRAD: &str = "ReluGrad";
 /// The op type of the exact Gelu's gradient.
 pub const GELU_GRAD: &str = "GeluGrad";
+/// The op type of LayerNormalization's gradients.
+pub const LAYER_NORM_GRAD: &str = "LayerNormGrad";
 /// The op type of one parameter's AdamW update.
 pub const ADAMW_STEP_OP: &str = "AdamWStep";
 
@@ -60,6 +65,7 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(ConvWeightGradOp)?
         .add(ReluGradOp)?
         .add(GeluGradOp)?
+        .add(LayerNormGradOp)?
         .add(AdamWStepOp)
 }
 
@@ -469,6 +475,115 @@ impl Kernel for AdamWStepKernel {
                 vn,
             );
         })?;
+        Ok(())
+    }
+}
+
+struct LayerNormGradOp;
+
+impl Operator for LayerNormGradOp {
+    type Kernel<'attr> = LayerNormGradKernel;
+
+    fn name(&self) -> &str {
+        LAYER_NORM_GRAD
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [0; 3].map(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [0; 3].map(|_| OperatorOutput::required(TensorElementType::Float32))
+    }
+
+    fn create_kernel<'attr>(
+        &self,
+        kctx: &KernelContext<'attr>,
+    ) -> ort::Result<LayerNormGradKernel> {
+        let axis = kctx.get::<i64>("axis").filter(|&a| a >= 0).ok_or_else(|| {
+            ort::Error::new(format!(
+                "{LAYER_NORM_GRAD}: attribute `axis` (non-negative) is required"
+            ))
+        })?;
+        let epsilon = kctx.get::<f32>("epsilon").ok_or_else(|| {
+            ort::Error::new(format!(
+                "{LAYER_NORM_GRAD}: attribute `epsilon` is required"
+            ))
+        })?;
+        Ok(LayerNormGradKernel {
+            axis: axis as usize,
+            epsilon,
+        })
+    }
+}
+
+struct LayerNormGradKernel {
+    axis: usize,
+    epsilon: f32,
+}
+
+impl Kernel for LayerNormGradKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let missing = |what: &str| ort::Error::new(format!("{LAYER_NORM_GRAD}: no {what}"));
+        let x = ctx.input(0)?.ok_or_else(|| missing("input X"))?;
+        let scale = ctx.input(1)?.ok_or_else(|| missing("input Scale"))?;
+        let dy = ctx.input(2)?.ok_or_else(|| missing("input dY"))?;
+        let (x_shape, x) = x.try_extract_tensor::<f32>()?;
+        let (scale_shape, scale) = scale.try_extract_tensor::<f32>()?;
+        let (dy_shape, dy) = dy.try_extract_tensor::<f32>()?;
+        let normalized = x_shape.get(self.axis..).unwrap_or(&[]).to_vec();
+        if x_shape != dy_shape || scale_shape.to_vec() != normalized || scale.is_empty() {
+            return Err(ort::Error::new(format!(
+                "{LAYER_NORM_GRAD}: X {:?} and dY {:?} must have one shape, and Scale {:?} its axes from {}",
+                &**x_shape, &**dy_shape, &**scale_shape, self.axis
+            )));
+        }
+        let d = scale.len();
+        let rows = x.len() / d;
+        let mut dx_out = ctx
+            .output(0, x_shape.to_vec())?
+            .ok_or_else(|| missing("output dX"))?;
+        let (_, dx) = dx_out.try_extract_tensor_mut::<f32>()?;
+        let target = Out(dx.as_mut_ptr());
+        let parts = PARTS.min(rows).max(1);
+        let per_part = rows.div_ceil(parts);
+        let partials: Vec<Mutex<(Vec<f32>, Vec<f32>)>> = (0..parts)
+            .map(|_| Mutex::new((vec![0.0; d], vec![0.0; d])))
+            .collect();
+        let epsilon = self.epsilon;
+        ctx.par_for(parts, parts, |part| {
+            let range = (part * per_part).min(rows)..((part + 1) * per_part).min(rows);
+            let elements = range.start * d..range.end * d;
+            // SAFETY: part k writes its own rows of the output, inside its length.
+            let dx = unsafe {
+                std::slice::from_raw_parts_mut(target.ptr().add(elements.start), elements.len())
+            };
+            let mut sums = partials[part].lock().unwrap_or_else(|e| e.into_inner());
+            let (dscale, dbias) = &mut *sums;
+            super::layer_norm::rows(
+                &x[elements.clone()],
+                scale,
+                &dy[elements],
+                epsilon,
+                dx,
+                dscale,
+                dbias,
+            );
+        })?;
+        let (mut dscale, mut dbias) = (vec![0.0f32; d], vec![0.0f32; d]);
+        for p in partials {
+            let (s, b) = p.into_inner().unwrap_or_else(|e| e.into_inner());
+            dscale.iter_mut().zip(&s).for_each(|(a, v)| *a += v);
+            dbias.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+        }
+        for (k, values) in [(1, dscale), (2, dbias)] {
+            let mut out = ctx
+                .output(k, normalized.clone())?
+                .ok_or_else(|| missing("output"))?;
+            out.try_extract_tensor_mut::<f32>()?
+                .1
+                .copy_from_slice(&values);
+        }
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ mod softmax;
 
 pub use activations::{GeluGradNote, ReluGradNote, GELU_GRAD_NOTE, RELU_GRAD_NOTE};
 pub use conv::{WeightGradNote, WEIGHT_GRAD_NOTE};
+pub use norm::{LayerNormGradNote, LAYER_NORM_GRAD_NOTE};
 
 use super::{GradCtx, RuleArgs};
 

@@ -2,6 +2,8 @@
 //! variance) and LayerNormalization. Means are emitted as ReduceSum × 1/count (ReduceSum takes its axes as
 //! an input from opset 13 on, ReduceMean only from opset 18).
 
+use serde::{Deserialize, Serialize};
+
 use crate::analysis::shapes::{attr_float, attr_int, norm_axis};
 use crate::autodiff::{GradCtx, RuleArgs};
 
@@ -195,6 +197,25 @@ fn batch_normalization_training(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     Ok(out)
 }
 
+/// Metadata key on the node writing LayerNormalization's input gradient, whose value is a
+/// [`LayerNormGradNote`] in JSON, so that an engine with a fused kernel can compute the input, scale and bias
+/// gradients in one pass over the rows.
+pub const LAYER_NORM_GRAD_NOTE: &str = "rl_rewrite.layer_norm_grad";
+
+/// The gradients of `Y = Scale·x̂ + B`, x̂ = `X` normalized over its axes from `axis` on (recomputed from `X`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerNormGradNote {
+    pub x: String,
+    pub scale: String,
+    pub dy: String,
+    /// The first normalized axis (non-negative).
+    pub axis: usize,
+    pub epsilon: f64,
+    /// The values holding Scale's and B's gradients, where they are computed.
+    pub scale_grad: Option<String>,
+    pub bias_grad: Option<String>,
+}
+
 /// LayerNormalization over the axes from `axis` on, with Scale and optional B broadcast to that shape.
 /// The Mean and InvStdDev outputs are not differentiated.
 pub fn layer_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
@@ -218,6 +239,19 @@ pub fn layer_normalization(ctx: &mut GradCtx, a: &RuleArgs) -> Grads {
     }
     if a.node.input.len() > 2 && !a.input(2).is_empty() && a.needs(2) {
         out[2] = Some(ctx.reduce_to_shape(&dy, &shape, a.in_shape(2)?)?);
+    }
+    if let Some(dx) = &out[0] {
+        let note = LayerNormGradNote {
+            x: a.input(0).to_owned(),
+            scale: a.input(1).to_owned(),
+            dy: dy.clone(),
+            axis,
+            epsilon: eps,
+            scale_grad: out[1].clone(),
+            bias_grad: out.get(2).cloned().flatten(),
+        };
+        let note = serde_json::to_string(&note).expect("plain data serializes");
+        ctx.annotate(dx, LAYER_NORM_GRAD_NOTE, note);
     }
     Ok(out)
 }
