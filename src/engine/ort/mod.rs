@@ -18,6 +18,7 @@ pub mod nchwc;
 pub mod ops;
 pub mod profile;
 pub mod session;
+pub mod vector_math;
 pub mod weight_grad;
 
 pub use profile::{allocator_stats, placement_from_profile};

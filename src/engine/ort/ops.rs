@@ -244,11 +244,8 @@ impl ActivationGrad {
                 }
             }
             ActivationGrad::Gelu => {
-                const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
                 for ((d, &x), &g) in dx.iter_mut().zip(a).zip(dy) {
-                    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI;
-                    *d = g * (cdf + x * pdf);
+                    *d = g * super::vector_math::gelu_derivative(x);
                 }
             }
         }
