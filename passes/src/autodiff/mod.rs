@@ -186,17 +186,7 @@ impl<'a> GradCtx<'a> {
     /// Attaches `key = value` to the metadata of the emitted node producing `output`: a note for later passes
     /// (the forward op a subgraph computes the gradient of), ignored by runtimes.
     pub fn annotate(&mut self, output: &str, key: &str, value: String) {
-        if let Some(node) = self
-            .nodes
-            .iter_mut()
-            .rev()
-            .find(|n| n.output.iter().any(|o| o == output))
-        {
-            node.metadata_props.push(StringStringEntryProto {
-                key: Some(key.to_owned()),
-                value: Some(value),
-            });
-        }
+        annotate(&mut self.nodes, output, key, value);
     }
 
     /// Emits a one-output node and returns its output name.
@@ -518,6 +508,20 @@ pub fn differentiate_with(
     }
     g.add_nodes(nodes)?;
     Ok(result)
+}
+
+/// Attaches a note (`key`: `value`) to the last of `nodes` writing `output`, for engines with fused kernels.
+pub fn annotate(nodes: &mut [NodeProto], output: &str, key: &str, value: String) {
+    if let Some(node) = nodes
+        .iter_mut()
+        .rev()
+        .find(|n| n.output.iter().any(|o| o == output))
+    {
+        node.metadata_props.push(StringStringEntryProto {
+            key: Some(key.to_owned()),
+            value: Some(value),
+        });
+    }
 }
 
 /// The total gradient of `value`: its contributions summed with `Add` (and cached as one value).

@@ -48,18 +48,7 @@ impl Builder {
 
     /// Attaches a note (`key`: JSON `value`) to the node writing `output`, for engines with fused kernels.
     pub fn annotate(&mut self, output: &str, key: &str, value: String) {
-        if let Some(node) = self
-            .nodes
-            .iter_mut()
-            .rev()
-            .find(|n| n.output.iter().any(|o| o == output))
-        {
-            node.metadata_props
-                .push(crate::onnx::StringStringEntryProto {
-                    key: Some(key.to_owned()),
-                    value: Some(value),
-                });
-        }
+        crate::autodiff::annotate(&mut self.nodes, output, key, value);
     }
 
     /// An int64 initializer of the given dims.

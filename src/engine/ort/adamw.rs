@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use rl_passes::analysis::shapes::TensorType;
+use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::tensor_proto::DataType;
 use rl_passes::onnx::{AttributeProto, NodeProto};
@@ -25,12 +26,7 @@ impl FusedAdamW {
 }
 
 fn float_attr(name: &str, value: f64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.to_owned()),
-        r#type: Some(rl_passes::onnx::attribute_proto::AttributeType::Float as i32),
-        f: Some(value as f32),
-        ..Default::default()
-    }
+    Attr::Float(value as f32).into_proto(name)
 }
 
 impl Pass for FusedAdamW {

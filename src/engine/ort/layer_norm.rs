@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use rl_passes::analysis::shapes::TensorType;
 use rl_passes::autodiff::rules::{LayerNormGradNote, LAYER_NORM_GRAD_NOTE};
+use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::tensor_proto::DataType;
-use rl_passes::onnx::{AttributeProto, NodeProto};
+use rl_passes::onnx::NodeProto;
 use rl_passes::pass::{Changed, Pass, PassError};
 
 use super::ops::{note, DOMAIN, LAYER_NORM_GRAD};
@@ -100,18 +101,8 @@ impl Pass for FusedLayerNormGrads {
                 input: vec![note.x, note.scale, note.dy],
                 output,
                 attribute: vec![
-                    AttributeProto {
-                        name: Some("axis".into()),
-                        r#type: Some(rl_passes::onnx::attribute_proto::AttributeType::Int as i32),
-                        i: Some(note.axis as i64),
-                        ..Default::default()
-                    },
-                    AttributeProto {
-                        name: Some("epsilon".into()),
-                        r#type: Some(rl_passes::onnx::attribute_proto::AttributeType::Float as i32),
-                        f: Some(note.epsilon as f32),
-                        ..Default::default()
-                    },
+                    Attr::Int(note.axis as i64).into_proto("axis"),
+                    Attr::Float(note.epsilon as f32).into_proto("epsilon"),
                 ],
                 ..Default::default()
             })?;

@@ -99,6 +99,16 @@ pub(super) fn replace_by_own_op(
     Ok(())
 }
 
+/// `N` required float32 inputs, as every kernel here takes.
+fn float_inputs<const N: usize>() -> [OperatorInput; N] {
+    [(); N].map(|_| OperatorInput::required(TensorElementType::Float32))
+}
+
+/// `N` required float32 outputs.
+fn float_outputs<const N: usize>() -> [OperatorOutput; N] {
+    [(); N].map(|_| OperatorOutput::required(TensorElementType::Float32))
+}
+
 struct ConvWeightGradOp;
 
 fn pair(kctx: &KernelContext, name: &str, default: usize) -> ort::Result<[usize; 2]> {
@@ -119,11 +129,11 @@ impl Operator for ConvWeightGradOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [0, 1].map(|_| OperatorInput::required(TensorElementType::Float32))
+        float_inputs::<2>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(TensorElementType::Float32)]
+        float_outputs::<1>()
     }
 
     fn create_kernel<'attr>(
@@ -269,11 +279,11 @@ macro_rules! activation_grad_operator {
             }
 
             fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-                [0, 1].map(|_| OperatorInput::required(TensorElementType::Float32))
+                float_inputs::<2>()
             }
 
             fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-                [OperatorOutput::required(TensorElementType::Float32)]
+                float_outputs::<1>()
             }
 
             fn create_kernel<'attr>(
@@ -351,11 +361,11 @@ impl Operator for AdamWStepOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [0; 7].map(|_| OperatorInput::required(TensorElementType::Float32))
+        float_inputs::<7>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [0; 3].map(|_| OperatorOutput::required(TensorElementType::Float32))
+        float_outputs::<3>()
     }
 
     fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<AdamWStepKernel> {
@@ -486,11 +496,11 @@ impl Operator for LayerNormGradOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [0; 3].map(|_| OperatorInput::required(TensorElementType::Float32))
+        float_inputs::<3>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [0; 3].map(|_| OperatorOutput::required(TensorElementType::Float32))
+        float_outputs::<3>()
     }
 
     fn create_kernel<'attr>(
