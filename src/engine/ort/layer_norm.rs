@@ -25,7 +25,8 @@ impl FusedLayerNormGrads {
     }
 
     /// Whether the kernel computes what the note describes: float32 X and dY of one shape, Scale (and the
-    /// gradients) exactly the normalized shape, no broadcast.
+    /// gradients) exactly the normalized shape, no broadcast, and rows to sum over (`axis` ≥ 1: over all axes,
+    /// B's gradient would be dY itself, not a value of its own to replace).
     fn eligible(&self, n: &NodeProto, note: &LayerNormGradNote) -> bool {
         let float = |v: &str| {
             self.types
@@ -43,6 +44,7 @@ impl FusedLayerNormGrads {
             .flatten()
             .all(|g| float(g).is_some_and(|t| t.shape == normalized));
         n.output.len() == 1
+            && note.axis >= 1
             && x.shape == dy.shape
             && !normalized.is_empty()
             && scale.shape == normalized
