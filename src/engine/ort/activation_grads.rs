@@ -55,7 +55,7 @@ impl Pass for FusedActivationGrads {
             return Ok(Changed::No);
         }
         for (index, (op, inputs)) in chosen {
-            replace_by_own_op(graph, index, op, inputs.to_vec(), vec![])?;
+            replace_by_own_op(graph, index, op, inputs.to_vec(), vec![], vec![])?;
         }
         Ok(Changed::Yes)
     }

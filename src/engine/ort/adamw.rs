@@ -8,11 +8,11 @@ use rl_passes::analysis::shapes::TensorType;
 use rl_passes::autodiff::Attr;
 use rl_passes::ir::Graph;
 use rl_passes::onnx::tensor_proto::DataType;
-use rl_passes::onnx::{AttributeProto, NodeProto};
+use rl_passes::onnx::AttributeProto;
 use rl_passes::pass::{Changed, Pass, PassError};
 use rl_passes::training::{next_name, AdamWNote, ADAMW_NOTE};
 
-use super::ops::{note, ADAMW_STEP_OP, DOMAIN};
+use super::ops::{note, replace_by_own_op, ADAMW_STEP_OP};
 
 pub struct FusedAdamW {
     /// Types of the step model's values.
@@ -73,22 +73,21 @@ impl Pass for FusedAdamW {
             // The node indices are stable: removing these leaves the other chosen ones valid.
             graph.remove_node(m_node);
             graph.remove_node(v_node);
-            let replaced = graph.remove_node(index).expect("a node of the graph");
-            graph.add_node(NodeProto {
-                op_type: Some(ADAMW_STEP_OP.to_owned()),
-                domain: Some(DOMAIN.to_owned()),
-                name: Some(graph.fresh_name(&format!("{}/{ADAMW_STEP_OP}", replaced.name()))),
-                input: vec![
-                    note.param.clone(),
-                    note.grad.clone(),
-                    note.exp_avg.clone(),
-                    note.exp_avg_sq.clone(),
-                    note.lr.clone(),
-                    note.bias_correction1.clone(),
-                    note.bias_correction2.clone(),
+            replace_by_own_op(
+                graph,
+                index,
+                ADAMW_STEP_OP,
+                vec![
+                    note.param,
+                    note.grad,
+                    note.exp_avg,
+                    note.exp_avg_sq,
+                    note.lr,
+                    note.bias_correction1,
+                    note.bias_correction2,
                 ],
-                output: vec![replaced.output[0].clone(), m_next, v_next],
-                attribute: vec![
+                vec![m_next, v_next],
+                vec![
                     float_attr("beta1", note.beta1),
                     float_attr("one_minus_beta1", 1.0 - note.beta1),
                     float_attr("beta2", note.beta2),
@@ -96,12 +95,8 @@ impl Pass for FusedAdamW {
                     float_attr("eps", note.eps),
                     float_attr("weight_decay", note.weight_decay),
                 ],
-                ..Default::default()
-            })?;
+            )?;
             changed = Changed::Yes;
-        }
-        if changed == Changed::Yes {
-            graph.import_domain(DOMAIN, 1);
         }
         Ok(changed)
     }

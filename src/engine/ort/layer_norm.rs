@@ -12,7 +12,7 @@ use rl_passes::onnx::tensor_proto::DataType;
 use rl_passes::onnx::NodeProto;
 use rl_passes::pass::{Changed, Pass, PassError};
 
-use super::ops::{note, DOMAIN, LAYER_NORM_GRAD};
+use super::ops::{note, replace_by_own_op, LAYER_NORM_GRAD};
 
 pub struct FusedLayerNormGrads {
     /// Types of the step model's values.
@@ -83,35 +83,24 @@ impl Pass for FusedLayerNormGrads {
             for p in producers.into_iter().flatten() {
                 graph.remove_node(p);
             }
-            let replaced = graph.remove_node(index).expect("a node of the graph");
-            let name = graph.fresh_name(&format!("{}/{LAYER_NORM_GRAD}", replaced.name()));
             // Every output named: a gradient nobody asked for goes to a value nothing reads.
-            let unused = |what: &str| format!("{name}/unused_{what}");
-            let output = vec![
-                replaced.output[0].clone(),
-                note.scale_grad
-                    .clone()
-                    .unwrap_or_else(|| unused("scale_grad")),
-                note.bias_grad
-                    .clone()
-                    .unwrap_or_else(|| unused("bias_grad")),
-            ];
-            graph.add_node(NodeProto {
-                op_type: Some(LAYER_NORM_GRAD.to_owned()),
-                domain: Some(DOMAIN.to_owned()),
-                name: Some(name),
-                input: vec![note.x, note.scale, note.dy],
-                output,
-                attribute: vec![
+            let dx = graph.node(index).output[0].clone();
+            let unused = |what: &str| format!("{dx}/unused_{what}");
+            replace_by_own_op(
+                graph,
+                index,
+                LAYER_NORM_GRAD,
+                vec![note.x, note.scale, note.dy],
+                vec![
+                    note.scale_grad.unwrap_or_else(|| unused("scale_grad")),
+                    note.bias_grad.unwrap_or_else(|| unused("bias_grad")),
+                ],
+                vec![
                     Attr::Int(note.axis as i64).into_proto("axis"),
                     Attr::Float(note.epsilon as f32).into_proto("epsilon"),
                 ],
-                ..Default::default()
-            })?;
+            )?;
             changed = Changed::Yes;
-        }
-        if changed == Changed::Yes {
-            graph.import_domain(DOMAIN, 1);
         }
         Ok(changed)
     }

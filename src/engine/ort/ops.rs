@@ -76,22 +76,26 @@ pub(super) fn note<T: DeserializeOwned>(node: &NodeProto, key: &str) -> Option<T
 }
 
 /// Replaces the node at `index` by one of this crate's ops computing the same outputs from `inputs`, and
-/// makes sure the model imports [`DOMAIN`]. The nodes that only fed the replaced one are left for dead-code
-/// elimination.
+/// `extra_outputs` after them (values whose producers the caller has removed), and makes sure the model imports
+/// [`DOMAIN`]. The nodes that only fed the replaced ones are left for dead-code elimination.
 pub(super) fn replace_by_own_op(
     graph: &mut Graph,
     index: NodeIndex,
     op: &str,
     inputs: Vec<String>,
+    extra_outputs: Vec<String>,
     attribute: Vec<AttributeProto>,
 ) -> Result<(), GraphError> {
     let replaced = graph.remove_node(index).expect("a node of the graph");
+    let name = graph.fresh_name(&format!("{}/{op}", replaced.name()));
+    let mut output = replaced.output;
+    output.extend(extra_outputs);
     graph.add_node(NodeProto {
         op_type: Some(op.to_owned()),
         domain: Some(DOMAIN.to_owned()),
-        name: Some(graph.fresh_name(&format!("{}/{op}", replaced.name()))),
+        name: Some(name),
         input: inputs,
-        output: replaced.output,
+        output,
         attribute,
         ..Default::default()
     })?;

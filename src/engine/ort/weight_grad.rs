@@ -106,6 +106,7 @@ impl Pass for NchwcWeightGrads {
                 index,
                 CONV_WEIGHT_GRAD,
                 vec![xb, dyb],
+                vec![],
                 vec![
                     Attr::Int(self.block as i64).into_proto("block"),
                     ints(&note.kernel).into_proto("kernel_shape"),
