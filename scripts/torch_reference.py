@@ -76,9 +76,6 @@ def build(name: str) -> tuple[nn.Module, int, int]:
     torch.manual_seed(0)
     c = CLASSES
     size, batch = 32, 4
-    import os
-    size = int(os.environ.get("RL_REF_SIZE", size))
-    batch = int(os.environ.get("RL_REF_BATCH", batch))
     if name == "resnet18":
         m = tvm.resnet18(num_classes=c)
     elif name == "resnet50":
@@ -438,24 +435,20 @@ def compare_step(work: Path, name: str, mode: str, images, labels) -> dict:
     runs32 = [r.step_grads(x, y) for r in r32s]
     res = {"loss_tool": step["loss"], "loss_torch64": l64, "loss_torch32": runs32[0][0]}
     res["loss"] = judge(np.array([step["loss"]]), np.array([l64]), [np.array([l]) for l, _ in runs32])
-    grads, missing = {}, []
+    missing = [p["name"] for p in step["params"] if p["name"] not in g64]
+    tool_grads = {p["name"]: load_np(tool_dir / p["file"]).reshape(-1)
+                  for p in step["params"] if p["name"] in g64}
 
-    def judge_grads(kink: dict) -> None:
-        for p in step["params"]:
-            if p["name"] not in g64:
-                missing.append(p["name"])
-                continue
-            tool = load_np(tool_dir / p["file"])
-            grads[p["name"]] = judge(tool.reshape(-1), to64(g64[p["name"]]).reshape(-1),
-                                     [to64(g32[p["name"]]).reshape(-1) for _, g32 in runs32],
-                                     kink.get(p["name"], 0.0))
+    def judge_grads(kink: dict) -> dict:
+        return {k: judge(tool, to64(g64[k]).reshape(-1), [to64(g32[k]).reshape(-1) for _, g32 in runs32],
+                         kink.get(k, 0.0))
+                for k, tool in tool_grads.items()}
 
-    judge_grads({})
+    grads = judge_grads({})
     # Only where a gradient is beyond its allowance: what activations within float32 noise of a kink allow.
     if any(not j["ok"] for j in grads.values()):
         kink, res["kinks"] = kink_allowance(r64, r32s)
-        missing.clear()
-        judge_grads(kink)
+        grads = judge_grads(kink)
     tool_names = {p["name"] for p in step["params"]}
     not_trained = sorted(k for k in g64 if k not in tool_names)
     stats = {}
@@ -527,6 +520,7 @@ def compare_traj(work: Path, name: str, mode: str, opt: str, images, labels) -> 
     # float32 step up or down at random, two seeds). On a chaotic or noise-amplifying trajectory one run alone can
     # land close to float64 by chance.
     state = dict(build_state(work, name))
+    tool_finals = {p["name"]: load_np(tool_dir / p["file"]).reshape(-1) for p in tj["params"] if p["name"] in p64}
 
     def evaluate(runs32: list) -> dict:
         tool_losses = tj["losses"]
@@ -540,11 +534,7 @@ def compare_traj(work: Path, name: str, mode: str, opt: str, images, labels) -> 
         step_ok = [r <= max(LOSS_REL_TOL, K * e) for r, e in zip(rel, envelope)]
         chaotic_from = next((t for t, r in enumerate(rel32) if r > LOSS_REL_TOL), None)
         finals = {}
-        for p in tj["params"]:
-            k = p["name"]
-            if k not in p64:
-                continue
-            tool = load_np(tool_dir / p["file"]).reshape(-1)
+        for k, tool in tool_finals.items():
             t64 = to64(p64[k]).reshape(-1)
             j = judge(tool, t64, [to64(run[1][k]).reshape(-1) for run in runs32])
             # How far the parameter moved, for scale.
